@@ -1,0 +1,184 @@
+//! Assembles the services, builds the HTTP router and serves it.
+//!
+//! [`App::open`] does every check that can fail before the port is bound:
+//! the data directory, the database, the host key, the plugins and the
+//! regions' runtimes. [`App::router`] is separate from [`App::serve`], so
+//! tests drive the real router in process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use poem::http::StatusCode;
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::middleware::Tracing;
+use poem::{Body, Endpoint, EndpointExt, Request, Route, Server};
+
+use crate::agents::AgentService;
+use crate::api::{self, ApiError, ApiState};
+use crate::auth::AuthService;
+use crate::config::Config;
+use crate::hostkey::HostKey;
+use crate::plugins::{Limits, PluginHost, ProcessSupervisor};
+use crate::store::Store;
+
+/// Largest request body the API reads, in bytes.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Time in-flight requests get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub struct App {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub auth: Arc<AuthService>,
+    pub agents: Arc<AgentService>,
+    pub plugins: Arc<PluginHost>,
+}
+
+/// Creates the data directory with mode 0700 and opens the database in it.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}; set --data-dir or AGENTSTEAD_DATA_DIR", config.data_dir.display()))?;
+    let path = config.database_path();
+    Store::open_sqlite(&path).await.with_context(|| format!("cannot open the database {}", path.display()))
+}
+
+impl App {
+    pub async fn open(config: Config) -> anyhow::Result<App> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let store = open_store(&config).await?;
+        let host_key = Arc::new(HostKey::load_or_create(&config.data_dir.join("host.key"))?);
+
+        let limits = Limits {
+            memory_limit_mib: config.plugins.memory_limit_mib,
+            call_timeout: Duration::from_millis(config.plugins.call_timeout_ms),
+        };
+        let supervisor = Arc::new(ProcessSupervisor::new(&config.runtime.process));
+        let plugins = Arc::new(PluginHost::new(limits, supervisor, config.plugins.dir.as_deref()).await?);
+        for (name, region) in &config.regions {
+            let runtime = plugins
+                .get(&region.runtime)
+                .with_context(|| format!("region `{name}` names runtime `{}`", region.runtime))?;
+            if runtime.runtime.is_none() {
+                bail!("region `{name}` names `{}`, which is not a runtime plugin", region.runtime);
+            }
+        }
+
+        let auth = Arc::new(AuthService::new(store.clone(), config.auth.session_ttl_hours)?);
+        let agents = Arc::new(AgentService::new(store.clone(), Arc::clone(&config), Arc::clone(&plugins), host_key));
+        Ok(App { config, store, auth, agents, plugins })
+    }
+
+    /// The complete HTTP application: the API, its OpenAPI documents and Swagger UI.
+    pub fn router(&self, server_url: &str) -> impl Endpoint + 'static {
+        let state = Arc::new(ApiState {
+            auth: Arc::clone(&self.auth),
+            agents: Arc::clone(&self.agents),
+            secure_cookie: self.config.auth.secure_cookie,
+        });
+        let service = api::service(state, server_url);
+        let spec_json = service.spec_endpoint();
+        let spec_yaml = service.spec_endpoint_yaml();
+        let swagger = service.swagger_ui();
+        Route::new()
+            .at("/openapi.json", spec_json)
+            .at("/openapi.yaml", spec_yaml)
+            .nest("/docs", swagger)
+            .nest("/", service)
+            .around(limit_body)
+            .around(api::json_errors)
+            .with(Tracing)
+    }
+
+    /// Starts the background loops and serves until SIGINT or SIGTERM.
+    pub async fn serve(self, listen: SocketAddr) -> anyhow::Result<()> {
+        let acceptor = TcpListener::bind(listen)
+            .into_acceptor()
+            .await
+            .with_context(|| format!("cannot listen on {listen}; choose another address with --listen or AGENTSTEAD_LISTEN"))?;
+        let local = acceptor.local_addr().first().and_then(|addr| addr.as_socket_addr().copied()).unwrap_or(listen);
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        self.spawn_background(shutdown_rx);
+
+        tracing::info!(address = %local, data_dir = %self.config.data_dir.display(), "AgentStead listening; API docs at http://{local}/docs");
+        let router = self.router(&format!("http://{local}"));
+        let result = Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(router, shutdown_signal(), Some(SHUTDOWN_GRACE))
+            .await;
+        let _ = shutdown_tx.send(true);
+
+        if let Err(error) = self.auth.flush_token_uses().await {
+            tracing::warn!(%error, "failed to write token use times at shutdown");
+        }
+        tracing::info!("AgentStead stopped; agents keep running and are adopted at the next start");
+        result.context("the HTTP server failed")
+    }
+
+    fn spawn_background(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
+        tokio::spawn(Arc::clone(&self.agents).reconcile_loop(shutdown.clone()));
+
+        let auth = Arc::clone(&self.auth);
+        let store = self.store.clone();
+        let flush_every = Duration::from_secs(self.config.auth.last_used_flush_secs.max(1));
+        let mut shutdown = shutdown;
+        tokio::spawn(async move {
+            let mut ticks: u64 = 0;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(flush_every) => {}
+                    _ = shutdown.changed() => return,
+                }
+                if let Err(error) = auth.flush_token_uses().await {
+                    tracing::warn!(%error, "failed to write token use times; retrying later");
+                }
+                ticks += 1;
+                if ticks % 120 == 0 {
+                    match store.delete_expired_sessions().await {
+                        Ok(0) => {}
+                        Ok(count) => tracing::info!(count, "deleted expired sessions"),
+                        Err(error) => tracing::warn!(%error, "failed to delete expired sessions"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Rejects bodies over [`MAX_BODY_BYTES`] with 413, whether or not the
+/// client declared their length.
+async fn limit_body<E: Endpoint>(next: E, mut request: Request) -> poem::Result<poem::Response> {
+    use poem::IntoResponse;
+    let too_large = || Ok(ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE, &format!("the request body exceeds {MAX_BODY_BYTES} bytes")).into_response());
+    let declared = request
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    match declared {
+        Some(length) if length > MAX_BODY_BYTES => return too_large(),
+        Some(_) => {}
+        None if request.headers().contains_key(poem::http::header::TRANSFER_ENCODING) => {
+            match request.take_body().into_bytes_limit(MAX_BODY_BYTES).await {
+                Ok(bytes) => request.set_body(Body::from_bytes(bytes)),
+                Err(_) => return too_large(),
+            }
+        }
+        None => {}
+    }
+    Ok(next.call(request).await?.into_response())
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match terminate.as_mut() { Some(signal) => { signal.recv().await; } None => std::future::pending().await } } => {}
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

@@ -1,0 +1,287 @@
+//! Server configuration: a TOML file, then `AGENTSTEAD_*` variables and flags.
+//!
+//! Every field has a default that works on a laptop: SQLite and the agents'
+//! workspaces in a data directory, the API on 127.0.0.1:8080, two regions
+//! `eu` and `us` on the local process runtime. [`Config::validate`] checks the
+//! whole file before the server binds its port.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Error in the configuration file or in a setting that overrides it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid setting `{setting}`: {reason}")]
+    Invalid { setting: String, reason: String },
+}
+
+fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { setting: setting.into(), reason: reason.into() }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP API. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Directory of the database, workspaces, logs and the host key.
+    /// Default: `agentstead` under the user's data directory
+    /// (`~/.local/share/agentstead` on Linux).
+    pub data_dir: PathBuf,
+    /// `text` (default) or `json` log lines on stderr.
+    pub log_format: LogFormat,
+    pub auth: AuthConfig,
+    pub plugins: PluginConfig,
+    pub agents: AgentConfig,
+    /// Regions by name. Default: `eu` and `us`, both on `runtime-process`.
+    pub regions: BTreeMap<String, RegionConfig>,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of a login session, in hours. Default 168 (a week).
+    pub session_ttl_hours: u32,
+    /// Marks the session cookie `Secure`. Turn it on whenever the API is
+    /// served over TLS, directly or behind a proxy. Default false, because
+    /// the default listener is plain HTTP on loopback.
+    pub secure_cookie: bool,
+    /// How often remembered `lastUsedAt` times are written to the database,
+    /// in seconds. Default 30.
+    pub last_used_flush_secs: u64,
+}
+
+/// Limits of the WebAssembly sandbox. Plugins get no filesystem, no network
+/// and no environment; runtime plugins also get the `process` capability,
+/// limited by [`ProcessRuntimeConfig`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginConfig {
+    /// Directory of extra `.wasm` components loaded at start. A component
+    /// whose name matches a built-in replaces it. Default: none.
+    pub dir: Option<PathBuf>,
+    /// Linear memory a plugin call may use, in MiB. Default 64.
+    pub memory_limit_mib: u32,
+    /// Wall-clock limit of a plugin call, in milliseconds, on top of any
+    /// stop grace period the call itself waits for. Default 10000.
+    pub call_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// First and last port handed to agents, inclusive. Default 20000-20999.
+    pub port_range: [u16; 2],
+    /// How often the reconcile loop compares desired and observed state, in
+    /// seconds. Default 10.
+    pub reconcile_interval_secs: u64,
+    /// Bytes of log output `GET /api/agents/{id}/logs` reads at most. Default 256 KiB.
+    pub max_log_bytes: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// Runtime plugin that runs this region's agents. Default `runtime-process`.
+    #[serde(default = "default_runtime")]
+    pub runtime: String,
+    /// Template of an agent's `publicUrl`, with `{id}`, `{region}` and
+    /// `{port}` filled in. Default `http://127.0.0.1:{port}`.
+    #[serde(default = "default_public_url")]
+    pub public_url: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    pub process: ProcessRuntimeConfig,
+}
+
+/// What the `process` capability lets a runtime plugin do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessRuntimeConfig {
+    /// Program names a runtime plugin may start. Default: the four agent
+    /// programs `openclaw`, `openfang`, `nullclaw` and `zeroclaw`.
+    pub allowed_programs: Vec<String>,
+    /// Directories searched for programs before the server's own `PATH`,
+    /// such as an npm prefix's `bin`. Default: none.
+    pub search_path: Vec<PathBuf>,
+}
+
+fn default_runtime() -> String {
+    "runtime-process".into()
+}
+
+fn default_public_url() -> String {
+    "http://127.0.0.1:{port}".into()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let region = RegionConfig { runtime: default_runtime(), public_url: default_public_url() };
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: default_data_dir(),
+            log_format: LogFormat::Text,
+            auth: AuthConfig::default(),
+            plugins: PluginConfig::default(),
+            agents: AgentConfig::default(),
+            regions: BTreeMap::from([("eu".to_string(), region.clone()), ("us".to_string(), region)]),
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { session_ttl_hours: 168, secure_cookie: false, last_used_flush_secs: 30 }
+    }
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig { dir: None, memory_limit_mib: 64, call_timeout_ms: 10_000 }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig { port_range: [20000, 20999], reconcile_interval_secs: 10, max_log_bytes: 256 * 1024 }
+    }
+}
+
+impl Default for ProcessRuntimeConfig {
+    fn default() -> Self {
+        ProcessRuntimeConfig {
+            allowed_programs: ["openclaw", "openfang", "nullclaw", "zeroclaw"].map(String::from).to_vec(),
+            search_path: Vec::new(),
+        }
+    }
+}
+
+/// The user's data directory, or the current directory when the platform has none.
+fn default_data_dir() -> PathBuf {
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("agentstead")
+}
+
+impl Config {
+    /// Reads `path`, or returns the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })
+    }
+
+    /// Checks settings that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let [first, last] = self.agents.port_range;
+        if first == 0 || first > last {
+            return Err(invalid(
+                "agents.port_range",
+                format!("[{first}, {last}] is empty or starts at 0; give the first and last port, such as [20000, 20999]"),
+            ));
+        }
+        if self.regions.is_empty() {
+            return Err(invalid("regions", "no region is configured; add a [regions.NAME] table"));
+        }
+        for (name, region) in &self.regions {
+            if !is_region_name(name) {
+                return Err(invalid(
+                    format!("regions.{name}"),
+                    "a region name is 1 to 32 lowercase letters, digits and dashes",
+                ));
+            }
+            if !region.public_url.starts_with("http://") && !region.public_url.starts_with("https://") {
+                return Err(invalid(
+                    format!("regions.{name}.public_url"),
+                    format!("`{}` must start with http:// or https://", region.public_url),
+                ));
+            }
+        }
+        if self.plugins.memory_limit_mib < 8 {
+            return Err(invalid("plugins.memory_limit_mib", "must be at least 8"));
+        }
+        if self.plugins.call_timeout_ms < 100 {
+            return Err(invalid("plugins.call_timeout_ms", "must be at least 100"));
+        }
+        if self.agents.reconcile_interval_secs == 0 {
+            return Err(invalid("agents.reconcile_interval_secs", "must be at least 1"));
+        }
+        for program in &self.runtime.process.allowed_programs {
+            if program.is_empty() || program.contains('/') {
+                return Err(invalid(
+                    "runtime.process.allowed_programs",
+                    format!("`{program}` must be a bare program name; put directories in runtime.process.search_path"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("agentstead.db")
+    }
+
+    /// Directory of one agent: its workspace, log file and generated files.
+    pub fn agent_dir(&self, agent_id: &str) -> PathBuf {
+        self.data_dir.join("agents").join(agent_id)
+    }
+}
+
+fn is_region_name(name: &str) -> bool {
+    (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.regions.keys().collect::<Vec<_>>(), ["eu", "us"]);
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let error = toml::from_str::<Config>("listne = \"127.0.0.1:1\"").unwrap_err();
+        assert!(error.to_string().contains("listne"), "{error}");
+    }
+
+    #[test]
+    fn region_table_overrides_defaults() {
+        let config: Config = toml::from_str("[regions.lab]\npublic_url = \"https://{id}.lab.example\"\n").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.regions.len(), 1);
+        assert_eq!(config.regions["lab"].runtime, "runtime-process");
+    }
+
+    #[test]
+    fn empty_port_range_is_rejected() {
+        let mut config = Config::default();
+        config.agents.port_range = [3000, 2000];
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("agents.port_range"), "{error}");
+    }
+}

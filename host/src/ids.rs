@@ -1,0 +1,68 @@
+//! Random identifiers and the shapes the API accepts for them.
+
+use rand::Rng;
+
+const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// `prefix` followed by `len` random lowercase letters and digits.
+pub fn random_id(prefix: &str, len: usize) -> String {
+    let mut rng = rand::rng();
+    let mut id = String::with_capacity(prefix.len() + len);
+    id.push_str(prefix);
+    for _ in 0..len {
+        id.push(ALPHABET[rng.random_range(0..ALPHABET.len())] as char);
+    }
+    id
+}
+
+/// An agent id: the agent type's prefix, a dash and six lowercase
+/// alphanumerics, such as `oc-a1b2c3`.
+pub fn agent_id(type_prefix: &str) -> String {
+    random_id(&format!("{type_prefix}-"), 6)
+}
+
+/// True when `id` has the shape of an agent id, so that a malformed path
+/// parameter is answered with 404 without a database query.
+pub fn is_agent_id(id: &str) -> bool {
+    let Some((prefix, suffix)) = id.split_once('-') else {
+        return false;
+    };
+    (1..=8).contains(&prefix.len())
+        && prefix.bytes().all(|b| b.is_ascii_lowercase())
+        && suffix.len() == 6
+        && suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// True when `id` has the shape of an id made by [`random_id`] with `prefix`.
+pub fn is_prefixed_id(id: &str, prefix: &str, len: usize) -> bool {
+    id.strip_prefix(prefix)
+        .is_some_and(|rest| rest.len() == len && rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_ids_have_the_documented_shape() {
+        for _ in 0..100 {
+            let id = agent_id("oc");
+            assert!(is_agent_id(&id), "{id}");
+            assert_eq!(id.len(), 9);
+        }
+    }
+
+    #[test]
+    fn malformed_agent_ids_are_rejected() {
+        for id in ["oc-a1b2c", "oc-A1B2C3", "oca1b2c3", "-a1b2c3", "oc-a1b2c3d", "o1-a1b2c3", "oc-a1b2c/"] {
+            assert!(!is_agent_id(id), "{id}");
+        }
+    }
+
+    #[test]
+    fn prefixed_ids_are_checked() {
+        assert!(is_prefixed_id(&random_id("tok_", 12), "tok_", 12));
+        assert!(!is_prefixed_id("tok_abc", "tok_", 12));
+        assert!(!is_prefixed_id("bkp_abcdefghijkl", "tok_", 12));
+    }
+}

@@ -1,0 +1,390 @@
+//! The database: connection, migrations and every SQL statement.
+//!
+//! Statements use `$1`-style placeholders, integer milliseconds for times and
+//! text ids, which SQLite and PostgreSQL both accept, so the same queries can
+//! serve a PostgreSQL backend. Every query that reads or changes a user's
+//! resource filters by `user_id`, so another account's row is never found.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, SqlitePool};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{what} already exists")]
+    Duplicate { what: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct UserRow {
+    pub id: String,
+    pub email: String,
+    pub password_hash: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct TokenRow {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub prefix: String,
+    pub scopes: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct AgentRow {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub agent_type: String,
+    pub region: String,
+    pub runtime: String,
+    pub port: i64,
+    pub status: String,
+    pub status_message: Option<String>,
+    pub desired: String,
+    pub handle: Option<Vec<u8>>,
+    pub launch: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: i64,
+    pub kind: String,
+    pub message: String,
+}
+
+/// A new agent row.
+pub struct NewAgent<'a> {
+    pub id: &'a str,
+    pub user_id: &'a str,
+    pub name: &'a str,
+    pub agent_type: &'a str,
+    pub region: &'a str,
+    pub runtime: &'a str,
+    pub port: u16,
+    pub status: &'a str,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+const AGENT_COLUMNS: &str = "id, user_id, name, agent_type, region, runtime, port, status, status_message, desired, \
+                             handle, launch, created_at, updated_at";
+
+impl Store {
+    /// Opens (or creates) the SQLite database in WAL mode and migrates it.
+    pub async fn open_sqlite(path: &Path) -> Result<Store> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode NORMAL loses no committed data on a process crash,
+            // only possibly the last transactions on a power loss.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// An in-memory database, for unit tests.
+    pub async fn open_in_memory() -> Result<Store> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    // Users and sessions.
+
+    pub async fn insert_user(&self, id: &str, email: &str, password_hash: &str) -> Result<()> {
+        let result = sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(email)
+            .bind(password_hash)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await;
+        match result {
+            Err(error) if is_unique_violation(&error) => Err(StoreError::Duplicate { what: format!("user {email}") }),
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRow>> {
+        Ok(sqlx::query_as("SELECT id, email, password_hash, created_at FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRow>> {
+        Ok(sqlx::query_as("SELECT id, email, password_hash, created_at FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn insert_session(&self, token_hash: &str, user_id: &str, expires_at: i64) -> Result<()> {
+        sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash)
+            .bind(user_id)
+            .bind(now_ms())
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The user of a live session.
+    pub async fn session_user(&self, token_hash: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT user_id FROM sessions WHERE token_hash = $1 AND expires_at > $2")
+            .bind(token_hash)
+            .bind(now_ms())
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn delete_session(&self, token_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE token_hash = $1").bind(token_hash).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn delete_expired_sessions(&self) -> Result<u64> {
+        let result = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1").bind(now_ms()).execute(&self.pool).await?;
+        Ok(result.rows_affected())
+    }
+
+    // Personal access tokens.
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_token(
+        &self,
+        id: &str,
+        user_id: &str,
+        name: &str,
+        prefix: &str,
+        token_hash: &str,
+        scopes: &str,
+        expires_at: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tokens (id, user_id, name, prefix, token_hash, scopes, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(name)
+        .bind(prefix)
+        .bind(token_hash)
+        .bind(scopes)
+        .bind(now_ms())
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn token_by_hash(&self, token_hash: &str) -> Result<Option<TokenRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, user_id, name, prefix, scopes, created_at, expires_at, last_used_at FROM tokens \
+             WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn tokens_of(&self, user_id: &str) -> Result<Vec<TokenRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, user_id, name, prefix, scopes, created_at, expires_at, last_used_at FROM tokens \
+             WHERE user_id = $1 ORDER BY created_at, id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Deletes a token of `user_id`; false when there is none with that id.
+    pub async fn delete_token(&self, user_id: &str, id: &str) -> Result<bool> {
+        let result = sqlx::query("DELETE FROM tokens WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Writes remembered use times in one transaction; a time never moves back.
+    pub async fn record_token_use(&self, uses: &[(String, i64)]) -> Result<()> {
+        let mut transaction = self.pool.begin().await?;
+        for (id, at) in uses {
+            sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    // Agents.
+
+    pub async fn insert_agent(&self, agent: &NewAgent<'_>) -> Result<()> {
+        let now = now_ms();
+        let result = sqlx::query(
+            "INSERT INTO agents (id, user_id, name, agent_type, region, runtime, port, status, desired, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $9)",
+        )
+        .bind(agent.id)
+        .bind(agent.user_id)
+        .bind(agent.name)
+        .bind(agent.agent_type)
+        .bind(agent.region)
+        .bind(agent.runtime)
+        .bind(i64::from(agent.port))
+        .bind(agent.status)
+        .bind(now)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Err(error) if is_unique_violation(&error) => {
+                Err(StoreError::Duplicate { what: format!("agent {} or port {}", agent.id, agent.port) })
+            }
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    pub async fn agent_of(&self, user_id: &str, id: &str) -> Result<Option<AgentRow>> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1 AND user_id = $2");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(user_id).fetch_optional(&self.pool).await?)
+    }
+
+    /// An agent by id alone, for the host's own background work.
+    pub async fn agent(&self, id: &str) -> Result<Option<AgentRow>> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?)
+    }
+
+    pub async fn agents_of(&self, user_id: &str) -> Result<Vec<AgentRow>> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE user_id = $1 ORDER BY created_at, id");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(user_id).fetch_all(&self.pool).await?)
+    }
+
+    pub async fn all_agents(&self) -> Result<Vec<AgentRow>> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY created_at, id");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?)
+    }
+
+    pub async fn agent_exists(&self, id: &str) -> Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM agents WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        Ok(found.is_some())
+    }
+
+    pub async fn used_ports(&self) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar("SELECT port FROM agents").fetch_all(&self.pool).await?)
+    }
+
+    pub async fn set_status(&self, id: &str, status: &str, message: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE agents SET status = $1, status_message = $2, updated_at = $3 WHERE id = $4")
+            .bind(status)
+            .bind(message)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_desired(&self, id: &str, desired: &str) -> Result<()> {
+        sqlx::query("UPDATE agents SET desired = $1, updated_at = $2 WHERE id = $3")
+            .bind(desired)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_handle(&self, id: &str, handle: Option<&[u8]>) -> Result<()> {
+        sqlx::query("UPDATE agents SET handle = $1, updated_at = $2 WHERE id = $3")
+            .bind(handle)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_launch(&self, id: &str, launch: &str) -> Result<()> {
+        sqlx::query("UPDATE agents SET launch = $1, updated_at = $2 WHERE id = $3")
+            .bind(launch)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_agent(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM agents WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn insert_event(&self, agent_id: &str, kind: &str, message: &str) -> Result<()> {
+        sqlx::query("INSERT INTO agent_events (agent_id, at, kind, message) VALUES ($1, $2, $3, $4)")
+            .bind(agent_id)
+            .bind(now_ms())
+            .bind(kind)
+            .bind(message)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` events of an agent, oldest first.
+    pub async fn events(&self, agent_id: &str, limit: i64) -> Result<Vec<EventRow>> {
+        let mut rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT id, at, kind, message FROM agent_events WHERE agent_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(agent_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.reverse();
+        Ok(rows)
+    }
+}
