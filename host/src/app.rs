@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use poem::http::StatusCode;
 use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::middleware::Tracing;
+use poem::middleware::{CatchPanic, Tracing};
 use poem::{Body, Endpoint, EndpointExt, Request, Route, Server};
 
 use crate::agents::AgentService;
@@ -92,6 +92,10 @@ impl App {
             .nest("/docs", swagger)
             .nest("/", service)
             .around(limit_body)
+            .with(CatchPanic::new().with_handler(|_panic| {
+                // The panic itself is already on stderr through the panic hook.
+                ApiError::internal(&"a request handler panicked")
+            }))
             .around(api::json_errors)
             .with(Tracing)
     }

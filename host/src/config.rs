@@ -120,7 +120,8 @@ pub struct ProcessRuntimeConfig {
     /// programs `openclaw`, `openfang`, `nullclaw` and `zeroclaw`.
     pub allowed_programs: Vec<String>,
     /// Directories searched for programs before the server's own `PATH`,
-    /// such as an npm prefix's `bin`. Default: none.
+    /// such as an npm prefix's `bin`. They also come first in the agents'
+    /// `PATH`, so a script finds its interpreter there. Default: none.
     pub search_path: Vec<PathBuf>,
 }
 

@@ -25,7 +25,8 @@ use super::sandbox::PluginState;
 use crate::config::ProcessRuntimeConfig;
 
 /// Host variables an agent inherits; everything else comes from the plan.
-const INHERITED_ENV: &[&str] = &["PATH", "LANG", "TZ"];
+/// `PATH` is set apart, see [`ProcessSupervisor::agent_path`].
+const INHERITED_ENV: &[&str] = &["LANG", "TZ"];
 /// How often `wait-group` looks at the process table.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
@@ -75,6 +76,15 @@ impl ProcessSupervisor {
             .ok_or_else(|| ProcessError::ProgramNotFound(program.to_string()))
     }
 
+    /// `PATH` of an agent: the search path, then the host's `PATH`, so a
+    /// program found in the search path also finds its interpreter there
+    /// (an npm prefix's `bin` holds both `openclaw` and `node`).
+    fn agent_path(&self) -> std::ffi::OsString {
+        let host_path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs = self.search_path.iter().cloned().chain(std::env::split_paths(&host_path));
+        std::env::join_paths(dirs).unwrap_or(host_path)
+    }
+
     fn spawn(&self, root: &Path, request: SpawnRequest) -> Result<Spawned, ProcessError> {
         let program = self.resolve_program(&request.program)?;
         let cwd = contained_path(root, &request.cwd)?;
@@ -87,6 +97,7 @@ impl ProcessSupervisor {
             .args(&request.args)
             .env_clear()
             .envs(INHERITED_ENV.iter().filter_map(|name| std::env::var_os(name).map(|value| (*name, value))))
+            .env("PATH", self.agent_path())
             .envs(request.env.iter().map(|var| (&var.name, &var.value)))
             .current_dir(&cwd)
             .stdin(Stdio::null())

@@ -1,0 +1,154 @@
+//! The plugin sandbox and the built-in agent-type plugins.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentstead::config::ProcessRuntimeConfig;
+use agentstead::plugins::bindings::Target;
+use agentstead::plugins::{DeployContext, LaunchPlan, Limits, PluginHost, ProcessSupervisor};
+use common::{Options, Server};
+use serde_json::json;
+
+async fn host() -> PluginHost {
+    let limits = Limits { memory_limit_mib: 64, call_timeout: Duration::from_secs(5) };
+    let supervisor = Arc::new(ProcessSupervisor::new(&ProcessRuntimeConfig::default()));
+    PluginHost::new(limits, supervisor, None).await.unwrap()
+}
+
+fn context(agent_id: &str, target: Target, secrets: &[&str]) -> DeployContext {
+    DeployContext {
+        agent_id: agent_id.into(),
+        name: agent_id.into(),
+        region: "eu".into(),
+        target,
+        port: 20123,
+        workspace: "/data/agents/x/workspace".into(),
+        secret_names: secrets.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+async fn plan(host: &PluginHost, agent_type: &str, target: Target, secrets: &[&str]) -> LaunchPlan {
+    let plugin = host.agent_type(agent_type).unwrap_or_else(|| panic!("no plugin for {agent_type}"));
+    host.plan(&plugin, &context("xx-abcdef", target, secrets)).await.unwrap()
+}
+
+fn env<'a>(plan: &'a LaunchPlan, name: &str) -> Option<&'a str> {
+    plan.env.iter().find(|var| var.name == name).map(|var| var.value.as_str())
+}
+
+#[tokio::test]
+async fn built_in_agent_types_and_prefixes() {
+    let host = host().await;
+    assert_eq!(host.agent_types(), ["nullclaw", "openclaw", "openfang", "zeroclaw"]);
+    let prefixes: Vec<(String, String)> = ["openclaw", "openfang", "nullclaw", "zeroclaw"]
+        .iter()
+        .map(|t| {
+            let info = host.agent_type(t).unwrap().agent.clone().unwrap();
+            (info.agent_type, info.id_prefix)
+        })
+        .collect();
+    assert_eq!(prefixes, [("openclaw", "oc"), ("openfang", "of"), ("nullclaw", "nc"), ("zeroclaw", "zc")].map(|(a, b)| (a.to_string(), b.to_string())));
+    for plugin in host.list() {
+        assert_eq!(plugin.info.abi, "0.1.0", "{}", plugin.info.name);
+    }
+}
+
+/// Facts every agent-type plugin must encode, checked for each built-in.
+#[tokio::test]
+async fn launch_plans_carry_each_agents_facts() {
+    let host = host().await;
+    let cases = [
+        ("openclaw", "openclaw", "/healthz", "OPENCLAW_STATE_DIR", Some(1000)),
+        ("openfang", "openfang", "/api/health", "OPENFANG_HOME", Some(0)),
+        ("nullclaw", "nullclaw", "/health", "NULLCLAW_HOME", Some(65534)),
+        ("zeroclaw", "zeroclaw", "/health", "ZEROCLAW_CONFIG_DIR", Some(65534)),
+    ];
+    for (agent_type, program, health, state_var, uid) in cases {
+        let process = plan(&host, agent_type, Target::Process, &[]).await;
+        assert_eq!(process.command[0], program, "{agent_type}");
+        assert_eq!(process.health.path, health, "{agent_type}");
+        assert_eq!(process.run_as_uid, uid, "{agent_type}");
+        let state_dir = env(&process, state_var).unwrap_or_else(|| panic!("{agent_type} lacks {state_var}"));
+        assert!(state_dir.starts_with("/data/agents/x/workspace"), "{agent_type}: {state_dir}");
+        let mentions_port = process.command.iter().any(|arg| arg == "20123")
+            || process.files.iter().any(|file| file.contents.contains("20123"));
+        assert!(mentions_port, "{agent_type} does not use the allocated port");
+        assert!(process.stop_grace_ms > 0, "{agent_type}");
+    }
+}
+
+#[tokio::test]
+async fn drivers_bind_beyond_loopback_only_in_containers() {
+    let host = host().await;
+    let process = plan(&host, "openclaw", Target::Process, &[]).await;
+    let container = plan(&host, "openclaw", Target::Container, &[]).await;
+    assert!(process.command.windows(2).any(|w| w == ["--bind", "loopback"]), "{:?}", process.command);
+    assert!(container.container_args.windows(2).any(|w| w == ["--bind", "lan"]), "{:?}", container.container_args);
+    assert!(container.generated_env.contains(&"OPENCLAW_GATEWAY_TOKEN".to_string()), "a lan bind needs a token");
+
+    let zeroclaw = plan(&host, "zeroclaw", Target::Container, &[]).await;
+    assert!(zeroclaw.container_args.windows(2).any(|w| w == ["--host", "0.0.0.0"]), "{:?}", zeroclaw.container_args);
+    assert!(zeroclaw.files.iter().any(|f| f.contents.contains("allow_public_bind = true")));
+}
+
+#[tokio::test]
+async fn zeroclaw_maps_provider_keys_and_rejects_its_own_prefix() {
+    let host = host().await;
+    let plan = plan(&host, "zeroclaw", Target::Process, &["ANTHROPIC_API_KEY", "CUSTOM_TOKEN"]).await;
+    let mapped: Vec<(&str, &str)> = plan.secret_env.iter().map(|m| (m.secret.as_str(), m.env.as_str())).collect();
+    assert_eq!(mapped, [("ANTHROPIC_API_KEY", "ZEROCLAW_providers__models__anthropic__api_key")]);
+    assert!(plan.env.iter().all(|var| !var.name.starts_with("ZEROCLAW_") || var.name.ends_with("_DIR")));
+
+    let plugin = host.agent_type("zeroclaw").unwrap();
+    let error = host.plan(&plugin, &context("zc-abcdef", Target::Process, &["ZEROCLAW_SECRET"])).await.unwrap_err();
+    assert!(error.to_string().contains("ZEROCLAW_SECRET"), "{error}");
+}
+
+#[tokio::test]
+async fn trapping_plugin_becomes_an_error_naming_it() {
+    let server = Server::start().await;
+    let token = server.user_with_token("ops@example.com");
+    let (status, body) = server.post(&token, "/api/agents/deploy", json!({"agentType": "testkit", "region": "eu", "name": "trap"})).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["code"], "plugin_trapped");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("agent-testkit"), "{message}");
+    assert!(message.contains("testkit was asked to trap"), "the plugin's panic message is quoted: {message}");
+
+    // The host keeps serving, and the same plugin works for the next call.
+    let agent = server.deploy(&token, "testkit", None).await;
+    assert_eq!(agent["status"], "ONLINE", "{agent}");
+}
+
+#[tokio::test]
+async fn looping_plugin_is_interrupted_at_its_deadline() {
+    let server = Server::start_with(Options { call_timeout_ms: 1_000, ..Options::default() }).await;
+    let token = server.user_with_token("ops@example.com");
+    let started = std::time::Instant::now();
+    let (status, body) = server.post(&token, "/api/agents/deploy", json!({"agentType": "testkit", "region": "eu", "name": "loop"})).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["code"], "plugin_timeout");
+    assert!(body["message"].as_str().unwrap().contains("agent-testkit"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the loop was not interrupted in time");
+
+    let (status, _) = server.get(&token, "/api/agents").await;
+    assert_eq!(status, 200, "the host keeps serving");
+    let (_, list) = server.get(&token, "/api/agents").await;
+    assert_eq!(list["agents"], json!([]), "a failed plan leaves no agent");
+}
+
+#[tokio::test]
+async fn memory_hungry_plugin_hits_its_cap() {
+    let server = Server::start_with(Options { memory_limit_mib: 32, ..Options::default() }).await;
+    let token = server.user_with_token("ops@example.com");
+    let (status, body) = server.post(&token, "/api/agents/deploy", json!({"agentType": "testkit", "region": "eu", "name": "oom"})).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["code"], "plugin_out_of_memory");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("agent-testkit") && message.contains("32 MiB"), "{message}");
+
+    let (status, health) = common::split(server.http.get(format!("{}/healthz", server.url)).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{health}");
+}
