@@ -27,6 +27,8 @@ use crate::config::ProcessRuntimeConfig;
 /// Host variables an agent inherits; everything else comes from the plan.
 /// `PATH` is set apart, see [`ProcessSupervisor::agent_path`].
 const INHERITED_ENV: &[&str] = &["LANG", "TZ"];
+/// Longest wait for the exit status of a leader that just exited.
+const REAP_WAIT: Duration = Duration::from_secs(1);
 /// How often `wait-group` looks at the process table.
 const WAIT_POLL: Duration = Duration::from_millis(50);
 
@@ -35,8 +37,9 @@ const WAIT_POLL: Duration = Duration::from_millis(50);
 pub struct ProcessSupervisor {
     allowed_programs: Vec<String>,
     search_path: Vec<PathBuf>,
-    /// Exit status of group leaders this host started, by pid.
-    exits: Arc<Mutex<HashMap<u32, ExitStatus>>>,
+    /// Group leaders this host started, by pid: `None` until the leader has
+    /// been reaped, then its exit status.
+    exits: Arc<Mutex<HashMap<u32, Option<ExitStatus>>>>,
     /// Processes seen in each group at the last scan, as (pid, start time),
     /// so a member that was reparented away is still found.
     known: Mutex<HashMap<u32, HashSet<(i32, u64)>>>,
@@ -117,11 +120,12 @@ impl ProcessSupervisor {
         let start_ticks = start_ticks(pid).unwrap_or(0);
 
         let exits = Arc::clone(&self.exits);
+        exits.lock().unwrap_or_else(|poison| poison.into_inner()).insert(pid, None);
         tokio::spawn(async move {
             match child.wait().await {
                 Ok(status) => {
                     tracing::debug!(pid, %status, "agent process exited");
-                    exits.lock().unwrap_or_else(|poison| poison.into_inner()).insert(pid, status);
+                    exits.lock().unwrap_or_else(|poison| poison.into_inner()).insert(pid, Some(status));
                 }
                 Err(error) => tracing::warn!(pid, %error, "failed to wait for agent process"),
             }
@@ -129,10 +133,23 @@ impl ProcessSupervisor {
         Ok(Spawned { pgid: pid, start_ticks })
     }
 
-    fn status(&self, group: Spawned) -> Result<GroupStatus, ProcessError> {
+    /// `Some(None)` while a leader this host started awaits reaping.
+    fn exit_of(&self, pid: u32) -> Option<Option<ExitStatus>> {
+        self.exits.lock().unwrap_or_else(|poison| poison.into_inner()).get(&pid).copied()
+    }
+
+    async fn status(&self, group: Spawned) -> Result<GroupStatus, ProcessError> {
         let leader_alive = leader_alive(group);
         let members = self.group_members(group.pgid).len() as u32;
-        let exit = self.exits.lock().unwrap_or_else(|poison| poison.into_inner()).get(&group.pgid).copied();
+        let mut exit = self.exit_of(group.pgid);
+        // A leader that just exited is a zombie until the waiting task reaps
+        // it; its exit status follows within milliseconds.
+        let deadline = Instant::now() + REAP_WAIT;
+        while !leader_alive && exit == Some(None) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            exit = self.exit_of(group.pgid);
+        }
+        let exit = exit.flatten();
         if !leader_alive && members == 0 && exit.is_none() {
             return Err(ProcessError::NoSuchGroup(group.pgid));
         }
@@ -336,7 +353,8 @@ impl Host for PluginState {
     }
 
     async fn status(&mut self, group: Spawned) -> Result<GroupStatus, ProcessError> {
-        self.grant()?.supervisor.status(group)
+        let supervisor = Arc::clone(&self.grant()?.supervisor);
+        supervisor.status(group).await
     }
 
     async fn signal_group(&mut self, group: Spawned, signal: StopSignal) -> Result<(), ProcessError> {

@@ -1,0 +1,225 @@
+//! Control-plane benchmarks; results and the machine go to docs/benchmarks.md.
+//!
+//! Run with `cargo bench --bench control_plane`. Each figure is printed with
+//! a baseline measured in the same run:
+//! 1. a driver `plan` call through wasmtime, fresh store per call;
+//! 2. authenticated `GET /api/agents` with 100 agents against `GET /healthz`;
+//! 3. deploy to `ONLINE` for OpenClaw against the same gateway started by
+//!    hand until `/healthz` answers (needs `AGENTSTEAD_OPENCLAW_BIN_DIR`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agentstead::config::ProcessRuntimeConfig;
+use agentstead::plugins::bindings::Target;
+use agentstead::plugins::{DeployContext, Limits, PluginHost, ProcessSupervisor};
+use common::{Options, Server};
+use serde_json::json;
+
+const PLAN_CALLS: usize = 2_000;
+const LOAD_SECONDS: u64 = 5;
+const LOAD_CONNECTIONS: usize = 8;
+const OPENCLAW_RUNS: usize = 3;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn bench_plan() {
+    let limits = Limits { memory_limit_mib: 64, call_timeout: Duration::from_secs(5) };
+    let supervisor = Arc::new(ProcessSupervisor::new(&ProcessRuntimeConfig::default()));
+    let host = PluginHost::new(limits, supervisor, None).await.expect("load the built-in plugins");
+    let driver = host.agent_type("openclaw").expect("openclaw plugin");
+    let context = DeployContext {
+        agent_id: "oc-bench1".into(),
+        name: "bench".into(),
+        region: "eu".into(),
+        target: Target::Process,
+        port: 20000,
+        workspace: "/tmp/agentstead-bench/workspace".into(),
+        secret_names: vec!["ANTHROPIC_API_KEY".into()],
+    };
+
+    for _ in 0..50 {
+        host.plan(&driver, &context).await.unwrap();
+    }
+    let mut samples = Vec::with_capacity(PLAN_CALLS);
+    for _ in 0..PLAN_CALLS {
+        let started = Instant::now();
+        host.plan(&driver, &context).await.unwrap();
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    println!(
+        "plan call through wasmtime (agent-openclaw, fresh store, {PLAN_CALLS} calls): median {:.1} µs, p99 {:.1} µs",
+        percentile(&samples, 0.5).as_secs_f64() * 1e6,
+        percentile(&samples, 0.99).as_secs_f64() * 1e6
+    );
+}
+
+/// Requests per second that `LOAD_CONNECTIONS` concurrent clients get from `url`.
+async fn requests_per_second(url: &str, token: Option<&str>) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..LOAD_CONNECTIONS {
+        let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(1).build().unwrap();
+        let (url, token, stop, done) = (url.to_string(), token.map(String::from), Arc::clone(&stop), Arc::clone(&done));
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let mut request = client.get(&url);
+                if let Some(token) = &token {
+                    request = request.bearer_auth(token);
+                }
+                let response = request.send().await.unwrap();
+                assert!(response.status().is_success(), "{url}: {}", response.status());
+                response.bytes().await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(LOAD_SECONDS)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn bench_list_agents() {
+    let server = Server::start_with(Options { testkit: false, ..Options::default() }).await;
+    let token = server.user_with_token("bench@example.com");
+    // OpenFang is not installed here, so each agent settles in ERROR at once
+    // and the list holds 100 rows without 100 running processes.
+    for _ in 0..100 {
+        let (status, body) = server.post(&token, "/api/agents/deploy", json!({"agentType": "openfang", "region": "eu"})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (_, list) = server.get(&token, "/api/agents").await;
+    assert_eq!(list["agents"].as_array().unwrap().len(), 100);
+
+    let healthz = requests_per_second(&format!("{}/healthz", server.url), None).await;
+    let agents = requests_per_second(&format!("{}/api/agents", server.url), Some(&token)).await;
+    println!(
+        "GET /api/agents (100 agents, bearer token) {agents:.0} req/s vs GET /healthz {healthz:.0} req/s: ratio {:.2} \
+         ({LOAD_CONNECTIONS} connections, {LOAD_SECONDS} s each)",
+        agents / healthz
+    );
+}
+
+async fn wait_for_healthz(client: &reqwest::Client, url: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Starts the gateway the way the openclaw plugin plans it and times it to a healthy `/healthz`.
+async fn openclaw_by_hand(bin_dir: &Path, port: u16) -> Duration {
+    let workspace = tempfile::tempdir().unwrap();
+    let path = std::env::join_paths(std::iter::once(bin_dir.to_path_buf()).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())))
+        .unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(bin_dir.join("openclaw"))
+        .args(["gateway", "--port", &port.to_string(), "--allow-unconfigured", "--auth", "token", "--bind", "loopback"])
+        .env("PATH", path)
+        .env("HOME", workspace.path())
+        .env("OPENCLAW_STATE_DIR", workspace.path())
+        .env("OPENCLAW_CONFIG_PATH", workspace.path().join("openclaw.json"))
+        .env("OPENCLAW_GATEWAY_TOKEN", "benchmark-token-benchmark-token")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("start openclaw");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let healthy = wait_for_healthz(&client, &format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(120)).await;
+    let elapsed = started.elapsed();
+    assert!(healthy, "openclaw started by hand never answered /healthz");
+
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+    common::processes_under(workspace.path()).into_iter().for_each(|pid| {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    });
+    elapsed
+}
+
+async fn openclaw_through_api(server: &Server, token: &str) -> Duration {
+    let started = Instant::now();
+    let (status, agent) = server.post(token, "/api/agents/deploy", json!({"agentType": "openclaw", "region": "eu"})).await;
+    assert_eq!(status, 201, "{agent}");
+    let id = agent["id"].as_str().unwrap().to_string();
+    loop {
+        let (_, agent) = server.get(token, &format!("/api/agents/{id}")).await;
+        match agent["status"].as_str().unwrap() {
+            "ONLINE" => break,
+            "ERROR" => panic!("openclaw deploy failed: {agent}"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "openclaw did not become ONLINE");
+    }
+    let elapsed = started.elapsed();
+    let (status, _) = server.delete(token, &format!("/api/agents/{id}")).await;
+    assert_eq!(status, 204);
+    elapsed
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+async fn bench_openclaw() {
+    let Some(bin_dir) = std::env::var_os("AGENTSTEAD_OPENCLAW_BIN_DIR").map(PathBuf::from) else {
+        println!("deploy to ONLINE for OpenClaw: skipped, set AGENTSTEAD_OPENCLAW_BIN_DIR to measure it");
+        return;
+    };
+    let server = Server::start_with(Options { search_path: vec![bin_dir.clone()], testkit: false, ..Options::default() }).await;
+    let token = server.user_with_token("bench@example.com");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+
+    let mut by_hand = Vec::new();
+    let mut through_api = Vec::new();
+    for _ in 0..OPENCLAW_RUNS {
+        by_hand.push(openclaw_by_hand(&bin_dir, port).await);
+        through_api.push(openclaw_through_api(&server, &token).await);
+    }
+    let (by_hand, through_api) = (median(by_hand), median(through_api));
+    println!(
+        "OpenClaw deploy to ONLINE {:.2} s vs started by hand to /healthz {:.2} s: ratio {:.2} (median of {OPENCLAW_RUNS})",
+        through_api.as_secs_f64(),
+        by_hand.as_secs_f64(),
+        through_api.as_secs_f64() / by_hand.as_secs_f64()
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; a filter argument selects benchmarks by name.
+    let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with("--"));
+    let selected = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
+    if selected("plan") {
+        bench_plan().await;
+    }
+    if selected("list") {
+        bench_list_agents().await;
+    }
+    if selected("openclaw") {
+        bench_openclaw().await;
+    }
+}
