@@ -95,7 +95,7 @@ async fn requests_per_second(url: &str, token: Option<&str>) -> f64 {
 }
 
 async fn bench_list_agents() {
-    let server = Server::start_with(Options { testkit: false, ..Options::default() }).await;
+    let server = Server::start_with(Options { testkit: false, ports: 120, ..Options::default() }).await;
     let token = server.user_with_token("bench@example.com");
     // OpenFang is not installed here, so each agent settles in ERROR at once
     // and the list holds 100 rows without 100 running processes.
@@ -106,12 +106,17 @@ async fn bench_list_agents() {
     let (_, list) = server.get(&token, "/api/agents").await;
     assert_eq!(list["agents"].as_array().unwrap().len(), 100);
 
+    let tokens = requests_per_second(&format!("{}/api/user/tokens", server.url), Some(&token)).await;
     let healthz = requests_per_second(&format!("{}/healthz", server.url), None).await;
     let agents = requests_per_second(&format!("{}/api/agents", server.url), Some(&token)).await;
     println!(
-        "GET /api/agents (100 agents, bearer token) {agents:.0} req/s vs GET /healthz {healthz:.0} req/s: ratio {:.2} \
+        "GET /api/agents (100 agents, bearer token) {agents:.0} req/s vs GET /healthz {healthz:.0} req/s: ratio {:.3} \
          ({LOAD_CONNECTIONS} connections, {LOAD_SECONDS} s each)",
         agents / healthz
+    );
+    println!(
+        "GET /api/user/tokens (one token, bearer token) {tokens:.0} req/s vs GET /healthz: ratio {:.3}",
+        tokens / healthz
     );
 }
 

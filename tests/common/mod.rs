@@ -14,10 +14,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_agentstead");
 pub const TESTKIT_WASM: &str = env!("AGENTSTEAD_TESTKIT_WASM");
 pub const PASSWORD: &str = "correct-horse-battery";
 
-/// Blocks of agent ports handed to servers of one test binary, so parallel
-/// tests never race for the same port.
-static NEXT_PORT_BLOCK: AtomicU16 = AtomicU16::new(0);
-const PORTS_PER_SERVER: u16 = 20;
+/// First agent port of the next server of this test binary; each server
+/// gets a range of its own, so parallel tests never race for a port.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(21_000);
 
 /// Settings of a test server.
 pub struct Options {
@@ -27,11 +26,13 @@ pub struct Options {
     /// Directories searched for agent programs before `PATH`.
     pub search_path: Vec<PathBuf>,
     pub testkit: bool,
+    /// Size of the server's agent port range.
+    pub ports: u16,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { call_timeout_ms: 3_000, memory_limit_mib: 64, reconcile_interval_secs: 1, search_path: Vec::new(), testkit: true }
+        Options { call_timeout_ms: 3_000, memory_limit_mib: 64, reconcile_interval_secs: 1, search_path: Vec::new(), testkit: true, ports: 20 }
     }
 }
 
@@ -54,8 +55,7 @@ impl Server {
 
     pub async fn start_with(options: Options) -> Server {
         let data_dir = tempfile::Builder::new().prefix("agentstead-test-").tempdir().unwrap();
-        let block = NEXT_PORT_BLOCK.fetch_add(1, Ordering::SeqCst);
-        let first_port = 21_000 + block * PORTS_PER_SERVER;
+        let first_port = NEXT_PORT.fetch_add(options.ports, Ordering::SeqCst);
         let listen = format!("127.0.0.1:{}", free_port());
 
         let plugin_dir = data_dir.path().join("plugins");
@@ -85,7 +85,7 @@ search_path = [{search_path}]
             plugin_dir = plugin_dir.display().to_string(),
             call_timeout = options.call_timeout_ms,
             memory = options.memory_limit_mib,
-            last_port = first_port + PORTS_PER_SERVER - 1,
+            last_port = first_port + options.ports - 1,
             reconcile = options.reconcile_interval_secs,
             search_path = search_path.join(", "),
         );
