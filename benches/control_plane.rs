@@ -5,7 +5,7 @@
 //! 1. a driver `plan` call through wasmtime, fresh store per call;
 //! 2. authenticated `GET /api/agents` with 100 agents against `GET /healthz`;
 //! 3. deploy to `ONLINE` for OpenClaw against the same gateway started by
-//!    hand until `/healthz` answers (needs `AGENTSTEAD_OPENCLAW_BIN_DIR`).
+//!    hand until `/healthz` returns 200 (needs `AGENTSTEAD_OPENCLAW_BIN_DIR`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -98,7 +98,7 @@ async fn bench_list_agents() {
     let server = Server::start_with(Options { testkit: false, ports: 120, ..Options::default() }).await;
     let token = server.user_with_token("bench@example.com");
     // OpenFang is not installed here, so each agent settles in ERROR at once
-    // and the list holds 100 rows without 100 running processes.
+    // and the list contains 100 rows without 100 running processes.
     for _ in 0..100 {
         let (status, body) = server.post(&token, "/api/agents/deploy", json!({"agentType": "openfang", "region": "eu"})).await;
         assert_eq!(status, 201, "{body}");

@@ -33,7 +33,7 @@ async fn openclaw_deploys_to_online_and_runs_its_lifecycle() {
     let server = Server::start_with(Options { search_path: vec![bin_dir.clone()], ..Options::default() }).await;
     let token = server.user_with_token("ops@example.com");
 
-    // Deploy answers 201 at once with an `oc-` id, then the agent becomes ONLINE.
+    // Deploy returns 201 at once with an `oc-` id, then the agent becomes ONLINE.
     let started = Instant::now();
     let (status, agent) = server.post(&token, "/api/agents/deploy", json!({"agentType": "openclaw", "region": "eu"})).await;
     assert_eq!(status, 201, "{agent}");
@@ -50,7 +50,7 @@ async fn openclaw_deploys_to_online_and_runs_its_lifecycle() {
     assert_eq!(agent["status"], "ONLINE", "not ONLINE within 60 s: {agent}\n{}", server.log());
     eprintln!("openclaw ONLINE after {:.1} s", started.elapsed().as_secs_f64());
 
-    // The gateway answers its own health endpoint on the allocated port.
+    // The gateway serves its own health endpoint on the allocated port.
     let public_url = agent["publicUrl"].as_str().unwrap();
     let health = server.http.get(format!("{public_url}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);

@@ -19,13 +19,14 @@ async fn pid_of(server: &Server, token: &str, id: &str) -> i32 {
 }
 
 #[tokio::test]
-async fn deployed_agent_runs_and_reports_health_logs_metrics() {
+async fn deployed_agent_reports_health_logs_metrics() {
     let server = Server::start().await;
     let token = server.user_with_token("ops@example.com");
     let agent = server.deploy(&token, "testkit", None).await;
     let id = id_of(&agent);
     assert_eq!(agent["status"], "ONLINE", "{agent}");
-    assert!(id.starts_with("tk-") && id.len() == 9, "{id}");
+    assert!(id.starts_with("tk-"), "{id}");
+    assert_eq!(id.len(), 9, "{id}");
     assert_eq!(agent["name"], id.as_str(), "name defaults to the id");
 
     // The public URL reaches the real agent process.
@@ -57,7 +58,7 @@ async fn deployed_agent_runs_and_reports_health_logs_metrics() {
 }
 
 #[tokio::test]
-async fn stop_leaves_no_process_and_start_restart_redeploy_recover() {
+async fn stop_then_start_restart_redeploy() {
     let server = Server::start().await;
     let token = server.user_with_token("ops@example.com");
     let id = id_of(&server.deploy(&token, "testkit", Some("forking")).await);
@@ -117,7 +118,8 @@ async fn agent_failing_its_probe_goes_to_error() {
     let agent = server.deploy(&token, "testkit", Some("unhealthy")).await;
     assert_eq!(agent["status"], "ERROR", "{agent}");
     let message = agent["statusMessage"].as_str().unwrap();
-    assert!(message.contains("/no-such-page") && message.contains("HTTP 404"), "{message}");
+    assert!(message.contains("/no-such-page"), "{message}");
+    assert!(message.contains("HTTP 404"), "{message}");
 }
 
 #[tokio::test]
@@ -128,7 +130,8 @@ async fn missing_program_names_the_program_and_the_fix() {
     assert!(agent["id"].as_str().unwrap().starts_with("of-"), "{agent}");
     assert_eq!(agent["status"], "ERROR", "{agent}");
     let message = agent["statusMessage"].as_str().unwrap();
-    assert!(message.contains("`openfang`") && message.contains("PATH"), "{message}");
+    assert!(message.contains("`openfang`"), "{message}");
+    assert!(message.contains("PATH"), "{message}");
     assert!(message.contains("install"), "the message says how to install it: {message}");
 }
 
@@ -148,7 +151,7 @@ async fn concurrent_operation_gets_409() {
 }
 
 #[tokio::test]
-async fn host_restart_adopts_a_running_agent_without_duplicating_it() {
+async fn host_restart_adopts_running_agent() {
     let mut server = Server::start().await;
     let token = server.user_with_token("ops@example.com");
     let id = id_of(&server.deploy(&token, "testkit", None).await);
@@ -165,7 +168,7 @@ async fn host_restart_adopts_a_running_agent_without_duplicating_it() {
 }
 
 #[tokio::test]
-async fn host_restart_starts_an_agent_that_died_meanwhile() {
+async fn host_restart_starts_dead_agent() {
     let mut server = Server::start().await;
     let token = server.user_with_token("ops@example.com");
     let id = id_of(&server.deploy(&token, "testkit", None).await);
@@ -182,7 +185,7 @@ async fn host_restart_starts_an_agent_that_died_meanwhile() {
 }
 
 #[tokio::test]
-async fn reconcile_marks_an_agent_that_died_as_error() {
+async fn reconcile_marks_dead_agent() {
     let server = Server::start().await;
     let token = server.user_with_token("ops@example.com");
     let id = id_of(&server.deploy(&token, "testkit", None).await);
@@ -199,7 +202,7 @@ async fn reconcile_marks_an_agent_that_died_as_error() {
 }
 
 #[tokio::test]
-async fn deleted_agent_is_gone_with_its_processes_and_workspace() {
+async fn delete_removes_processes_and_workspace() {
     let server = Server::start().await;
     let token = server.user_with_token("ops@example.com");
     let id = id_of(&server.deploy(&token, "testkit", None).await);
@@ -231,5 +234,6 @@ async fn program_outside_the_allowlist_is_refused() {
     let agent = server.deploy(&token, "testkit", None).await;
     assert_eq!(agent["status"], "ERROR", "{agent}");
     let message = agent["statusMessage"].as_str().unwrap();
-    assert!(message.contains("`sh`") && message.contains("allowed_programs"), "{message}");
+    assert!(message.contains("`sh`"), "{message}");
+    assert!(message.contains("allowed_programs"), "{message}");
 }

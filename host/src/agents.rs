@@ -24,8 +24,10 @@ use crate::plugins::{
     DeployContext, EnvVar, GuestErrorMessage, LaunchPlan, LoadedPlugin, PluginError, PluginHost, ProcessGrant,
     StopSignal, TaskSpec, TaskStatus,
 };
+use crate::secrets::{Keyring, SecretError};
 use crate::store::{AgentRow, NewAgent, Store, StoreError};
 
+mod secrets;
 mod status;
 pub use status::AgentStatus;
 
@@ -63,6 +65,12 @@ pub enum AgentError {
     Plugin(#[from] PluginError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Secret(#[from] SecretError),
+    #[error("secret key `{key}` is reserved: {reason}")]
+    ReservedSecret { key: String, reason: String },
+    #[error("agent {agent_id} has no secret `{key}`")]
+    SecretNotFound { agent_id: String, key: String },
     #[error("{action} {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
 }
@@ -201,6 +209,7 @@ pub struct AgentService {
     config: Arc<Config>,
     plugins: Arc<PluginHost>,
     host_key: Arc<HostKey>,
+    keyring: Arc<Keyring>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serializes port allocation, so two deploys never pick the same port.
     port_allocation: tokio::sync::Mutex<()>,
@@ -209,7 +218,13 @@ pub struct AgentService {
 }
 
 impl AgentService {
-    pub fn new(store: Store, config: Arc<Config>, plugins: Arc<PluginHost>, host_key: Arc<HostKey>) -> Self {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        plugins: Arc<PluginHost>,
+        host_key: Arc<HostKey>,
+        keyring: Arc<Keyring>,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .timeout(PROBE_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
@@ -221,6 +236,7 @@ impl AgentService {
             config,
             plugins,
             host_key,
+            keyring,
             locks: Mutex::new(HashMap::new()),
             port_allocation: tokio::sync::Mutex::new(()),
             http,
@@ -419,8 +435,8 @@ impl AgentService {
         std::fs::create_dir_all(&dirs.workspace).map_err(io_error("create", &dirs.workspace))?;
         rotate_log(&dirs.log);
 
-        // TODO: pass the names of the agent's secrets once secrets are stored.
-        let secret_names = Vec::new();
+        let secrets = self.secret_values(&agent.id).await?;
+        let secret_names = secrets.iter().map(|(name, _)| name.clone()).collect();
         let port = u16::try_from(agent.port).map_err(|_| AgentError::InvalidPlan(format!("stored port {} is invalid", agent.port)))?;
         let context = deploy_context(&agent.id, &agent.name, &agent.region, port, &runtime, &driver, &dirs, secret_names);
         let plan = self.plugins.plan(&driver, &context).await?;
@@ -429,7 +445,17 @@ impl AgentService {
         let launch = Launch::from_plan(&plan);
         self.store.set_launch(&agent.id, &serde_json::to_string(&launch).expect("launch serializes")).await?;
 
-        let spec = self.task_spec(agent, port, &plan, &dirs, &driver);
+        let generated: Vec<(String, String)> = plan
+            .generated_env
+            .iter()
+            .map(|name| (name.clone(), self.host_key.derive("generated-env", &[&agent.id, name])))
+            .collect();
+        let (env, skipped) = secrets::agent_env(&plan, generated, secrets);
+        for (key, reason) in skipped {
+            tracing::warn!(agent_id = %agent.id, key, reason, "secret not passed to the agent");
+            self.event(&agent.id, "secret", &format!("secret `{key}` was not passed to the agent: {reason}")).await;
+        }
+        let spec = self.task_spec(agent, port, &plan, &dirs, &driver, env);
         let stored = if fresh { None } else { self.store.agent(&agent.id).await?.and_then(|row| row.handle) };
         let handle = match stored {
             Some(handle) => handle,
@@ -452,17 +478,21 @@ impl AgentService {
             .await
             .map_err(|error| with_install_hint(error, &driver))?;
         self.store.set_handle(&agent.id, Some(&handle)).await?;
+        self.store.set_started(&agent.id).await?;
 
         self.wait_until_healthy(agent, &runtime, &handle, &launch).await?;
         Ok(AgentStatus::Online)
     }
 
-    fn task_spec(&self, agent: &AgentRow, port: u16, plan: &LaunchPlan, dirs: &AgentDirs, driver: &LoadedPlugin) -> TaskSpec {
-        let mut env: Vec<EnvVar> = plan.env.clone();
-        for name in &plan.generated_env {
-            let value = self.host_key.derive("generated-env", &[&agent.id, name]);
-            env.push(EnvVar { name: name.clone(), value });
-        }
+    fn task_spec(
+        &self,
+        agent: &AgentRow,
+        port: u16,
+        plan: &LaunchPlan,
+        dirs: &AgentDirs,
+        driver: &LoadedPlugin,
+        env: Vec<EnvVar>,
+    ) -> TaskSpec {
         let info = driver.agent.as_ref().expect("agent-type plugins carry agent info");
         TaskSpec {
             agent_id: agent.id.clone(),

@@ -21,6 +21,7 @@ use crate::auth::AuthService;
 use crate::config::Config;
 use crate::hostkey::HostKey;
 use crate::plugins::{Limits, PluginHost, ProcessSupervisor};
+use crate::secrets::Keyring;
 use crate::store::Store;
 
 /// Largest request body the API reads, in bytes.
@@ -70,12 +71,15 @@ impl App {
             }
         }
 
+        let keyring = Arc::new(Keyring::open(config.key_source())?);
+
         let auth = Arc::new(AuthService::new(store.clone(), config.auth.session_ttl_hours)?);
-        let agents = Arc::new(AgentService::new(store.clone(), Arc::clone(&config), Arc::clone(&plugins), host_key));
+        let agents =
+            Arc::new(AgentService::new(store.clone(), Arc::clone(&config), Arc::clone(&plugins), host_key, keyring));
         Ok(App { config, store, auth, agents, plugins })
     }
 
-    /// The complete HTTP application: the API, its OpenAPI documents and Swagger UI.
+    /// Builds the complete HTTP application: the API, its OpenAPI documents and Swagger UI.
     pub fn router(&self, server_url: &str) -> impl Endpoint + 'static {
         let state = Arc::new(ApiState {
             auth: Arc::clone(&self.auth),

@@ -43,6 +43,16 @@ pub struct Config {
     /// Regions by name. Default: `eu` and `us`, both on `runtime-process`.
     pub regions: BTreeMap<String, RegionConfig>,
     pub runtime: RuntimeConfig,
+    pub secrets: SecretsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// File of the age identity that encrypts secret values. Default:
+    /// `age.key` in the data directory, created on first start. A configured
+    /// file must exist. `AGENTSTEAD_AGE_IDENTITY` overrides both.
+    pub identity_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -112,7 +122,7 @@ pub struct RuntimeConfig {
     pub process: ProcessRuntimeConfig,
 }
 
-/// What the `process` capability lets a runtime plugin do.
+/// Limits of the `process` capability that runtime plugins get.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessRuntimeConfig {
@@ -145,6 +155,7 @@ impl Default for Config {
             agents: AgentConfig::default(),
             regions: BTreeMap::from([("eu".to_string(), region.clone()), ("us".to_string(), region)]),
             runtime: RuntimeConfig::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }
@@ -176,7 +187,7 @@ impl Default for ProcessRuntimeConfig {
     }
 }
 
-/// The user's data directory, or the current directory when the platform has none.
+/// Returns the user's data directory, or the current directory when the platform has none.
 fn default_data_dir() -> PathBuf {
     dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("agentstead")
 }
@@ -236,6 +247,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Where the age identity for secrets comes from.
+    pub fn key_source(&self) -> crate::secrets::KeySource {
+        use crate::secrets::{IDENTITY_ENV, KeySource};
+        if std::env::var_os(IDENTITY_ENV).is_some() {
+            return KeySource::Env;
+        }
+        match &self.secrets.identity_file {
+            Some(path) => KeySource::File { path: path.clone(), create: false },
+            None => KeySource::File { path: self.data_dir.join("age.key"), create: true },
+        }
     }
 
     pub fn database_path(&self) -> PathBuf {

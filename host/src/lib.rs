@@ -11,4 +11,5 @@ pub mod config;
 pub mod hostkey;
 pub mod ids;
 pub mod plugins;
+pub mod secrets;
 pub mod store;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use agentstead::app::{App, open_store};
 use agentstead::auth::{AuthService, Scope};
 use agentstead::config::{Config, LogFormat};
+use agentstead::secrets::Keyring;
 
 #[derive(Parser)]
 #[command(name = "agentstead", version, about = "Self-hosted control plane for AI agents")]
@@ -49,6 +50,18 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage the encryption of secret values.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Generate a new age identity and re-encrypt every stored secret to it.
+    /// Safe while the server runs; back up the new key file afterwards.
+    RotateKey,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +156,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User { command: UserCommand::Create { email, password_stdin: _ } } => create_user(&config, &email).await,
         Command::Token { command: TokenCommand::Create { email, name, scopes, expires_at } } => {
             create_token(&config, &email, &name, &scopes, expires_at.as_deref()).await
+        }
+        Command::Secrets { command: SecretsCommand::RotateKey } => {
+            let store = open_store(&config).await?;
+            let keyring = Keyring::open(config.key_source())?;
+            let count = keyring.rotate(&store).await?;
+            eprintln!("re-encrypted {count} secret values to a new age identity");
+            Ok(())
         }
     }
 }

@@ -22,6 +22,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{what} already exists")]
     Duplicate { what: String },
+    #[error("{what}")]
+    Limit { what: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -67,6 +69,23 @@ pub struct AgentRow {
     pub launch: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub started_at: Option<i64>,
+    pub secrets_changed_at: Option<i64>,
+}
+
+impl AgentRow {
+    /// True when the agent's secrets changed after its task last started.
+    pub fn restart_pending(&self) -> bool {
+        matches!((self.started_at, self.secrets_changed_at), (Some(started), Some(changed)) if changed > started)
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct SecretRow {
+    pub agent_id: String,
+    pub key: String,
+    pub ciphertext: Vec<u8>,
+    pub updated_at: i64,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -99,7 +118,7 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 }
 
 const AGENT_COLUMNS: &str = "id, user_id, name, agent_type, region, runtime, port, status, status_message, desired, \
-                             handle, launch, created_at, updated_at";
+                             handle, launch, created_at, updated_at, started_at, secrets_changed_at";
 
 impl Store {
     /// Opens (or creates) the SQLite database in WAL mode and migrates it.
@@ -359,6 +378,11 @@ impl Store {
         Ok(())
     }
 
+    pub async fn set_started(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE agents SET started_at = $1 WHERE id = $2").bind(now_ms()).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub async fn delete_agent(&self, id: &str) -> Result<()> {
         sqlx::query("DELETE FROM agents WHERE id = $1").bind(id).execute(&self.pool).await?;
         Ok(())
@@ -386,5 +410,103 @@ impl Store {
         .await?;
         rows.reverse();
         Ok(rows)
+    }
+
+    // Secrets. Values arrive and leave encrypted; this module never sees plaintext.
+
+    /// Secrets of an agent, ordered by key.
+    pub async fn secrets(&self, agent_id: &str) -> Result<Vec<SecretRow>> {
+        Ok(sqlx::query_as("SELECT agent_id, key, ciphertext, updated_at FROM secrets WHERE agent_id = $1 ORDER BY key")
+            .bind(agent_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Creates or replaces a secret and records the change on the agent, in
+    /// one transaction. Returns true when the key is new. A new key is refused
+    /// with [`StoreError::Limit`] when the agent already has `max_per_agent`.
+    pub async fn put_secret(&self, agent_id: &str, key: &str, ciphertext: &[u8], max_per_agent: i64) -> Result<bool> {
+        let now = now_ms();
+        // IMMEDIATE takes the write lock up front, so two writers wait for
+        // each other instead of failing to upgrade a read lock.
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM secrets WHERE agent_id = $1 AND key = $2")
+            .bind(agent_id)
+            .bind(key)
+            .fetch_optional(&mut *transaction)
+            .await?;
+        if exists.is_none() {
+            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM secrets WHERE agent_id = $1")
+                .bind(agent_id)
+                .fetch_one(&mut *transaction)
+                .await?;
+            if count >= max_per_agent {
+                return Err(StoreError::Limit { what: format!("agent {agent_id} already has {count} secrets, the maximum") });
+            }
+        }
+        sqlx::query(
+            "INSERT INTO secrets (agent_id, key, ciphertext, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (agent_id, key) DO UPDATE SET ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+        )
+        .bind(agent_id)
+        .bind(key)
+        .bind(ciphertext)
+        .bind(now)
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query("UPDATE agents SET secrets_changed_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(agent_id)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(exists.is_none())
+    }
+
+    /// Deletes a secret; false when the agent has no such key.
+    pub async fn delete_secret(&self, agent_id: &str, key: &str) -> Result<bool> {
+        let mut transaction = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM secrets WHERE agent_id = $1 AND key = $2")
+            .bind(agent_id)
+            .bind(key)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        if deleted > 0 {
+            sqlx::query("UPDATE agents SET secrets_changed_at = $1 WHERE id = $2")
+                .bind(now_ms())
+                .bind(agent_id)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    /// Replaces every secret's ciphertext in one transaction: `reencrypt`
+    /// receives the old ciphertext and returns the new one. Any error rolls
+    /// the whole change back. Returns the number of secrets.
+    pub async fn reencrypt_secrets<F, E>(&self, mut reencrypt: F) -> Result<Result<usize, E>>
+    where
+        F: FnMut(&SecretRow) -> Result<Vec<u8>, E>,
+    {
+        let mut transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows: Vec<SecretRow> = sqlx::query_as("SELECT agent_id, key, ciphertext, updated_at FROM secrets")
+            .fetch_all(&mut *transaction)
+            .await?;
+        for row in &rows {
+            let ciphertext = match reencrypt(row) {
+                Ok(ciphertext) => ciphertext,
+                Err(error) => return Ok(Err(error)),
+            };
+            sqlx::query("UPDATE secrets SET ciphertext = $1 WHERE agent_id = $2 AND key = $3")
+                .bind(ciphertext)
+                .bind(&row.agent_id)
+                .bind(&row.key)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(Ok(rows.len()))
     }
 }

@@ -103,7 +103,7 @@ search_path = [{search_path}]
         server
     }
 
-    /// Starts the binary and waits until `/healthz` answers.
+    /// Starts the binary and waits until `/healthz` returns 200.
     pub async fn launch(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let child = Command::new(BIN)
@@ -179,7 +179,7 @@ search_path = [{search_path}]
         String::from_utf8(output.stdout).unwrap().trim().to_string()
     }
 
-    /// A new user with a `full` token.
+    /// Creates a user and returns a `full` token for it.
     pub fn user_with_token(&self, email: &str) -> String {
         self.create_user(email);
         self.create_token(email, "full")

@@ -68,6 +68,9 @@ pub struct Agent {
     status_message: Option<String>,
     /// **Extension.** Last change of status or configuration.
     updated_at: Timestamp,
+    /// **Extension.** True when the agent's secrets changed after its
+    /// process last started; a restart applies them.
+    restart_pending: bool,
 }
 
 impl poem_openapi::types::Example for Agent {
@@ -82,6 +85,7 @@ impl poem_openapi::types::Example for Agent {
             created_at: Timestamp::from_ms(1_772_366_400_000),
             status_message: None,
             updated_at: Timestamp::from_ms(1_772_366_412_000),
+            restart_pending: false,
         }
     }
 }
@@ -203,20 +207,27 @@ pub struct AgentEvents {
     events: Vec<AgentEvent>,
 }
 
+/// Converts an agent row to its API object.
+pub fn agent_to_api(state: &ApiState, agent: AgentRow) -> Agent {
+    let public_url = state.agents.public_url(&agent);
+    let restart_pending = agent.restart_pending();
+    Agent {
+        restart_pending,
+        status: AgentStatus::parse(&agent.status).unwrap_or(AgentStatus::Error).into(),
+        public_url,
+        created_at: Timestamp::from_ms(agent.created_at),
+        updated_at: Timestamp::from_ms(agent.updated_at),
+        status_message: agent.status_message,
+        id: agent.id,
+        name: agent.name,
+        agent_type: agent.agent_type,
+        region: agent.region,
+    }
+}
+
 impl AgentsApi {
     fn to_api(&self, agent: AgentRow) -> Agent {
-        let public_url = self.state.agents.public_url(&agent);
-        Agent {
-            status: AgentStatus::parse(&agent.status).unwrap_or(AgentStatus::Error).into(),
-            public_url,
-            created_at: Timestamp::from_ms(agent.created_at),
-            updated_at: Timestamp::from_ms(agent.updated_at),
-            status_message: agent.status_message,
-            id: agent.id,
-            name: agent.name,
-            agent_type: agent.agent_type,
-            region: agent.region,
-        }
+        agent_to_api(&self.state, agent)
     }
 
     /// Waits for a background operation when asked to, then reads the agent again.

@@ -7,6 +7,7 @@ use poem_openapi::{ApiResponse, Object};
 use crate::agents::AgentError;
 use crate::auth::AuthError;
 use crate::plugins::{GuestErrorMessage, PluginError};
+use crate::secrets::SecretError;
 
 /// Body of every error response.
 #[derive(Debug, Clone, Object)]
@@ -131,6 +132,15 @@ impl From<AgentError> for ApiError {
             AgentError::NoPortsLeft { .. } => ApiError::Unavailable(body("no_ports_left", message)),
             AgentError::InvalidPlan(_) | AgentError::Startup(_) => ApiError::BadGateway(body("plugin_failed", message)),
             AgentError::Plugin(plugin) => plugin.into(),
+            AgentError::ReservedSecret { .. } => ApiError::bad_request("reserved_secret_key", message),
+            AgentError::SecretNotFound { .. } => ApiError::not_found(message),
+            AgentError::Secret(SecretError::InvalidKey { .. }) => ApiError::bad_request("invalid_secret_key", message),
+            AgentError::Secret(SecretError::InvalidValue { .. }) => ApiError::bad_request("invalid_secret_value", message),
+            AgentError::Secret(SecretError::Decrypt { .. }) => {
+                tracing::error!(%message, "secret cannot be decrypted");
+                ApiError::Internal(body("secret_undecryptable", message))
+            }
+            AgentError::Secret(_) => ApiError::internal(&error),
             AgentError::Store(_) | AgentError::Io { .. } => ApiError::internal(&error),
         }
     }

@@ -6,6 +6,7 @@
 
 mod agents;
 mod error;
+mod secrets;
 mod session;
 mod system;
 mod timestamp;
@@ -35,6 +36,8 @@ pub struct ApiState {
 pub enum ApiTags {
     /// Deploy agents and control their lifecycle.
     Agents,
+    /// Values injected into an agent's environment; write-only.
+    Secrets,
     /// Personal access tokens for scripts and CI.
     Tokens,
     /// Log in and out with a session cookie (extension).
@@ -108,6 +111,7 @@ fn check_same_origin(request: &Request) -> Result<(), AuthError> {
 pub fn service(state: Arc<ApiState>, server_url: &str) -> OpenApiService<impl poem_openapi::OpenApi, ()> {
     let apis = (
         agents::AgentsApi { state: Arc::clone(&state) },
+        secrets::SecretsApi { state: Arc::clone(&state) },
         tokens::TokensApi { state: Arc::clone(&state) },
         session::SessionApi { state: Arc::clone(&state) },
         system::SystemApi,

@@ -26,7 +26,7 @@ pub mod runtime {
 
 pub use agent::agentstead::plugin::types::{EnvVar, PluginError as GuestError, PluginInfo, PluginKind, StopSignal};
 pub use agent::exports::agentstead::plugin::agent_driver::{
-    AgentInfo, ConfigFile, DeployContext, LaunchPlan, SecretMapping, Target,
+    AgentInfo, ConfigFile, DeployContext, HealthProbe, LaunchPlan, SecretMapping, Target,
 };
 pub use runtime::exports::agentstead::plugin::runtime_driver::{
     RuntimeCapabilities, TaskMetrics, TaskSpec, TaskState, TaskStatus,

@@ -1,10 +1,10 @@
 //! The WebAssembly plugin host.
 //!
 //! One [`wasmtime::Engine`] with the pooling allocator and epoch interruption
-//! serves every plugin. Each plugin is compiled once into an `InstancePre`;
-//! each call gets a fresh `Store` with a memory cap, an epoch deadline and a
-//! `tokio` timeout around the whole call, because epochs do not interrupt a
-//! guest that waits inside a host call. A trap, timeout or exhausted memory
+//! serves every plugin. Each plugin is compiled once into an `InstancePre`.
+//! Each call gets a fresh `Store` with a memory cap and an epoch deadline,
+//! and a `tokio` timeout wraps the whole call, because epochs do not
+//! interrupt a guest that waits inside a host call. A trap, timeout or exhausted memory
 //! becomes a [`PluginError`] that names the plugin, and the store is dropped.
 
 pub mod bindings;
@@ -89,7 +89,7 @@ impl From<GuestError> for GuestErrorMessage {
     }
 }
 
-/// Where a plugin was loaded from.
+/// Origin of a loaded plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSource {
     Builtin,
@@ -210,7 +210,7 @@ impl PluginHost {
     }
 
     /// Compiles a component, checks which world and version it targets, and
-    /// asks it to describe itself.
+    /// calls its `describe`.
     async fn load(&self, bytes: &[u8], source: PluginSource, source_name: &str) -> Result<LoadedPlugin, PluginError> {
         let load_error = |detail: String| PluginError::Load { source_name: source_name.to_string(), detail };
         let component = Component::new(&self.engine, bytes).map_err(|error| load_error(format!("{error:#}")))?;
@@ -308,7 +308,7 @@ impl PluginHost {
         store
     }
 
-    /// All loaded plugins, by name.
+    /// Returns all loaded plugins, by name.
     pub fn list(&self) -> Vec<Arc<LoadedPlugin>> {
         self.plugins.read().unwrap_or_else(|poison| poison.into_inner()).values().cloned().collect()
     }
@@ -322,12 +322,12 @@ impl PluginHost {
             .ok_or_else(|| PluginError::NotLoaded(name.to_string()))
     }
 
-    /// The agent-type plugin for `agent_type`, if one is loaded.
+    /// Returns the agent-type plugin for `agent_type`, if one is loaded.
     pub fn agent_type(&self, agent_type: &str) -> Option<Arc<LoadedPlugin>> {
         self.list().into_iter().find(|plugin| plugin.agent.as_ref().is_some_and(|agent| agent.agent_type == agent_type))
     }
 
-    /// The `agentType` values of every loaded agent-type plugin, sorted.
+    /// Returns the `agentType` values of every loaded agent-type plugin, sorted.
     pub fn agent_types(&self) -> Vec<String> {
         let mut types: Vec<String> =
             self.list().iter().filter_map(|plugin| plugin.agent.as_ref().map(|agent| agent.agent_type.clone())).collect();
@@ -407,7 +407,7 @@ fn check_kind(info: &PluginInfo, expected: PluginKind, source_name: &str) -> Res
 
 fn build_engine(limits: Limits) -> wasmtime::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
-    // A Rust component built for wasm32-wasip2 holds a few core instances
+    // A Rust component built for wasm32-wasip2 contains a few core instances
     // (the program and the WASI adapter glue) with one memory each, so eight
     // core instances and memories per component leave room for larger plugins.
     pool.total_component_instances(MAX_CONCURRENT_CALLS + 16)

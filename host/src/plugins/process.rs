@@ -45,7 +45,7 @@ pub struct ProcessSupervisor {
     known: Mutex<HashMap<u32, HashSet<(i32, u64)>>>,
 }
 
-/// What one runtime call may touch: the supervisor and one agent's directory.
+/// Access granted to one runtime call: the supervisor and one agent's directory.
 #[derive(Debug, Clone)]
 pub struct ProcessGrant {
     pub supervisor: Arc<ProcessSupervisor>,
@@ -81,7 +81,7 @@ impl ProcessSupervisor {
 
     /// `PATH` of an agent: the search path, then the host's `PATH`, so a
     /// program found in the search path also finds its interpreter there
-    /// (an npm prefix's `bin` holds both `openclaw` and `node`).
+    /// (an npm prefix's `bin` contains both `openclaw` and `node`).
     fn agent_path(&self) -> std::ffi::OsString {
         let host_path = std::env::var_os("PATH").unwrap_or_default();
         let dirs = self.search_path.iter().cloned().chain(std::env::split_paths(&host_path));
@@ -107,10 +107,9 @@ impl ProcessSupervisor {
             .stdout(log)
             .stderr(log_for_stderr)
             .kill_on_drop(false);
-        // A session of its own: signals reach every process the agent starts,
-        // including children that move to process groups of their own (the
-        // OpenClaw gateway does that with its spawn broker), and a Ctrl-C
-        // meant for the host does not reach the agent.
+        // A session of its own lets signals reach every process the agent
+        // starts, including children that move to process groups of their
+        // own. It also keeps a Ctrl-C meant for the host away from the agent.
         // SAFETY: `setsid` is async-signal-safe and touches no memory of the parent.
         unsafe {
             command.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
