@@ -138,6 +138,7 @@ async fn invalid_secrets_get_400_naming_the_key() {
         (json!({"key": "TESTKIT_TOKEN", "value": value}), "reserved_secret_key", "generates it"),
         (json!({"key": "NUL_VALUE", "value": format!("{value}\u{0}x")}), "invalid_secret_value", "NUL"),
         (json!({"key": "HUGE", "value": "x".repeat(64 * 1024 + 1)}), "invalid_secret_value", "65537 bytes"),
+        (json!({"key": "LIST", "value": [value]}), "invalid_request", "string"),
     ];
     for (body, code, mention) in cases {
         let (status, answer) = server.post(&token, &path, body.clone()).await;

@@ -24,6 +24,8 @@ pub const TOKEN_PREFIX: &str = "ast_";
 const TOKEN_RANDOM_LEN: usize = 43;
 /// Characters of a token stored for display, as the API's `prefix` field.
 const DISPLAY_PREFIX_LEN: usize = 8;
+/// Longest password accepted, in bytes.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "agentstead_session";
 
@@ -195,6 +197,10 @@ impl AuthService {
     /// Checks the password and opens a session; returns the cookie value
     /// and the user id.
     pub async fn login(&self, email: &str, password: &str) -> Result<(String, String), AuthError> {
+        // No stored password is this long, and hashing megabytes costs time.
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(AuthError::InvalidCredentials);
+        }
         let user = self.store.user_by_email(&email.to_lowercase()).await?;
         let hash = user.as_ref().map_or_else(|| self.decoy_hash.clone(), |user| user.password_hash.clone());
         let password = password.to_string();

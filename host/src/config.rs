@@ -200,7 +200,25 @@ impl Config {
         };
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })
+        let mut config: Config =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source: Box::new(source) })?;
+        config.expand_home();
+        Ok(config)
+    }
+
+    /// Replaces a leading `~/` in every path setting with the user's home
+    /// directory, as a shell would. TOML strings and quoted variables are
+    /// not expanded by the shell, and a literal `~` directory is never meant.
+    pub fn expand_home(&mut self) {
+        let expand = |path: &mut PathBuf| {
+            if let (Ok(rest), Some(home)) = (path.strip_prefix("~"), dirs::home_dir()) {
+                *path = home.join(rest);
+            }
+        };
+        expand(&mut self.data_dir);
+        self.plugins.dir.iter_mut().for_each(expand);
+        self.runtime.process.search_path.iter_mut().for_each(expand);
+        self.secrets.identity_file.iter_mut().for_each(expand);
     }
 
     /// Checks settings that parse but cannot work.
@@ -299,6 +317,13 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.regions.len(), 1);
         assert_eq!(config.regions["lab"].runtime, "runtime-process");
+    }
+
+    #[test]
+    fn home_is_expanded_in_paths() {
+        let mut config: Config = toml::from_str("data_dir = \"~/agentstead-data\"").unwrap();
+        config.expand_home();
+        assert_eq!(config.data_dir, dirs::home_dir().unwrap().join("agentstead-data"));
     }
 
     #[test]

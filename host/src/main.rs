@@ -107,10 +107,27 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", render_error(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Joins an error with its causes, leaving out a cause whose text the
+/// message already contains, as many library errors quote their source.
+fn render_error(error: &anyhow::Error) -> String {
+    let mut rendered = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if rendered.contains(&text) {
+            continue;
+        }
+        if !rendered.is_empty() {
+            rendered.push_str(": ");
+        }
+        rendered.push_str(&text);
+    }
+    rendered
 }
 
 fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {
@@ -118,6 +135,7 @@ fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {
     if let Some(dir) = &global.data_dir {
         config.data_dir = dir.clone();
     }
+    config.expand_home();
     Ok(config)
 }
 
@@ -176,6 +194,9 @@ async fn create_user(config: &Config, email: &str) -> anyhow::Result<()> {
     let password = password.trim_end_matches(['\n', '\r']);
     if password.chars().count() < 8 {
         bail!("the password on standard input has fewer than 8 characters");
+    }
+    if password.len() > agentstead::auth::MAX_PASSWORD_BYTES {
+        bail!("the password on standard input is longer than {} bytes", agentstead::auth::MAX_PASSWORD_BYTES);
     }
     let store = open_store(config).await?;
     let auth = AuthService::new(store, config.auth.session_ttl_hours)?;

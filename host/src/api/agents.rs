@@ -182,8 +182,11 @@ pub struct AgentHealth {
 #[oai(rename_all = "camelCase")]
 pub struct AgentMetrics {
     agent_id: String,
-    /// CPU use of every process of the agent, in percent of one core, over
-    /// the sampling window; can exceed 100 on several cores.
+    /// CPU use of every process of the agent, in percent of one core; can
+    /// exceed 100 on several cores. Measured since the previous metrics
+    /// request when that was 0.2 to 60 s ago, else over 250 ms. The kernel
+    /// counts CPU time in 10 ms ticks, so a short window shows an idle or
+    /// nearly idle agent as 0.
     cpu_percent: f64,
     /// Cumulative CPU time, in milliseconds.
     cpu_time_ms: u64,

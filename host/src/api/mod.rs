@@ -7,6 +7,7 @@
 mod agents;
 mod error;
 mod secrets;
+mod sensitive;
 mod session;
 mod system;
 mod timestamp;

@@ -6,6 +6,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::agents::{Agent, agent_to_api};
+use super::sensitive::Sensitive;
 use super::{ApiError, ApiState, ApiTags, Credentials, Timestamp};
 use crate::auth::Scope;
 
@@ -37,7 +38,7 @@ pub struct SetSecretRequest {
     /// The value, at most 64 KiB of UTF-8 without NUL. Write-only: it is
     /// encrypted at rest and never returned.
     #[oai(write_only)]
-    value: String,
+    value: Sensitive,
 }
 
 /// The stored secret, without its value, and the agent it belongs to.
@@ -93,7 +94,7 @@ impl SecretsApi {
         body: Json<SetSecretRequest>,
     ) -> Result<SetSecretResponse, ApiError> {
         let caller = self.state.authorize(&credentials, request, Scope::Full).await?;
-        let (created, agent) = self.state.agents.set_secret(&caller.user_id, &id, &body.key, &body.value).await?;
+        let (created, agent) = self.state.agents.set_secret(&caller.user_id, &id, &body.key, body.value.expose()).await?;
         let secret = SecretKey { key: body.0.key, updated_at: Timestamp(chrono::Utc::now()) };
         let saved = Json(SecretSaved { secret, agent: agent_to_api(&self.state, agent) });
         Ok(if created { SetSecretResponse::Created(saved) } else { SetSecretResponse::Replaced(saved) })

@@ -4,6 +4,7 @@ use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
+use super::sensitive::Sensitive;
 use super::{ApiError, ApiState, ApiTags, Credentials};
 use crate::auth::{AuthError, SESSION_COOKIE};
 
@@ -18,11 +19,12 @@ pub struct SessionApi {
 pub struct LoginRequest {
     #[oai(validator(max_length = 320))]
     email: String,
-    #[oai(validator(max_length = 1024))]
-    password: String,
+    #[oai(write_only)]
+    password: Sensitive,
 }
 
 #[derive(Object)]
+#[oai(rename_all = "camelCase")]
 pub struct SessionUser {
     /// The user's id, such as `usr_…`.
     user_id: String,
@@ -58,7 +60,7 @@ impl SessionApi {
     /// cookie. A wrong email and a wrong password get the same 401.
     #[oai(path = "/api/auth/login", method = "post", operation_id = "login")]
     async fn login(&self, body: Json<LoginRequest>) -> Result<LoginResponse, ApiError> {
-        let (cookie, user_id) = self.state.auth.login(&body.email, &body.password).await?;
+        let (cookie, user_id) = self.state.auth.login(&body.email, body.password.expose()).await?;
         tracing::info!(user_id, "user logged in");
         let cookie = self.cookie(&cookie, self.state.auth.session_ttl_secs());
         Ok(LoginResponse::Ok(Json(SessionUser { user_id, email: body.0.email.to_lowercase() }), cookie))

@@ -51,7 +51,9 @@ impl Handle {
 fn to_plugin_error(error: ProcessError) -> PluginError {
     match error {
         ProcessError::ProgramNotFound(program) => {
-            PluginError::Unavailable(format!("program `{program}` is not installed on the host's PATH"))
+            PluginError::Unavailable(format!(
+            "program `{program}` is not installed on the host's PATH or in runtime.process.search_path"
+        ))
         }
         ProcessError::Denied(reason) => PluginError::InvalidInput(reason),
         ProcessError::NoSuchGroup(pgid) => PluginError::NotFound(format!("process group {pgid} does not exist")),
