@@ -15,7 +15,14 @@ const TARGET: &str = "wasm32-wasip2";
 const PROFILE: &str = "plugin";
 
 /// Plugins embedded in the binary, in the order the host registers them.
-const BUILTIN: &[&str] = &["agent-openclaw", "agent-openfang", "agent-nullclaw", "agent-zeroclaw", "runtime-process"];
+const BUILTIN: &[&str] = &[
+    "agent-openclaw",
+    "agent-openfang",
+    "agent-nullclaw",
+    "agent-zeroclaw",
+    "runtime-process",
+    "storage-tar",
+];
 const TEST_ONLY: &[&str] = &["agent-testkit"];
 
 fn main() {

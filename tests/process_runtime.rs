@@ -177,9 +177,20 @@ async fn host_restart_starts_dead_agent() {
     server.kill();
     server.kill_agents();
     server.launch().await;
-    let agent = server.wait_for_status(&token, &id, "ONLINE", Duration::from_secs(15)).await;
-    assert_eq!(agent["status"], "ONLINE", "{agent}");
-    assert_ne!(pid_of(&server, &token, &id).await, pid);
+
+    // The row still says ONLINE until the reconcile pass has run, so wait
+    // for a running process other than the killed one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let health = loop {
+        let (_, health) = server.get(&token, &format!("/api/agents/{id}/health")).await;
+        let restarted = health["runtime"]["pid"].as_i64().is_some_and(|new_pid| new_pid != i64::from(pid));
+        if (restarted && health["status"] == "ONLINE") || std::time::Instant::now() >= deadline {
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(health["status"], "ONLINE", "{health}");
+    assert_ne!(health["runtime"]["pid"].as_i64(), Some(i64::from(pid)), "{health}");
     let (_, events) = server.get(&token, &format!("/api/agents/{id}/events")).await;
     assert!(events.to_string().contains("host restart"), "{events}");
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
 use tokio::task::JoinHandle;
 
+use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::hostkey::HostKey;
 use crate::ids;
@@ -27,8 +28,10 @@ use crate::plugins::{
 use crate::secrets::{Keyring, SecretError};
 use crate::store::{AgentRow, NewAgent, Store, StoreError};
 
+mod backups;
 mod secrets;
 mod status;
+pub use backups::{BackupError, DownloadLink};
 pub use status::AgentStatus;
 
 /// Time between health probes while an agent starts.
@@ -67,6 +70,8 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Secret(#[from] SecretError),
+    #[error("{0}")]
+    Backup(#[from] BackupError),
     #[error("secret key `{key}` is reserved: {reason}")]
     ReservedSecret { key: String, reason: String },
     #[error("agent {agent_id} has no secret `{key}`")]
@@ -210,6 +215,7 @@ pub struct AgentService {
     plugins: Arc<PluginHost>,
     host_key: Arc<HostKey>,
     keyring: Arc<Keyring>,
+    blobs: Arc<BlobStore>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serializes port allocation, so two deploys never pick the same port.
     port_allocation: tokio::sync::Mutex<()>,
@@ -224,6 +230,7 @@ impl AgentService {
         plugins: Arc<PluginHost>,
         host_key: Arc<HostKey>,
         keyring: Arc<Keyring>,
+        blobs: Arc<BlobStore>,
     ) -> Self {
         let http = reqwest::Client::builder()
             .timeout(PROBE_TIMEOUT)
@@ -237,6 +244,7 @@ impl AgentService {
             plugins,
             host_key,
             keyring,
+            blobs,
             locks: Mutex::new(HashMap::new()),
             port_allocation: tokio::sync::Mutex::new(()),
             http,

@@ -21,6 +21,7 @@ use crate::auth::AuthService;
 use crate::config::Config;
 use crate::hostkey::HostKey;
 use crate::plugins::{Limits, PluginHost, ProcessSupervisor};
+use crate::blobs::BlobStore;
 use crate::secrets::Keyring;
 use crate::store::Store;
 
@@ -72,10 +73,22 @@ impl App {
         }
 
         let keyring = Arc::new(Keyring::open(config.key_source())?);
+        let blobs = Arc::new(BlobStore::open(
+            config.backups.store_url.as_deref(),
+            &config.backups.store_options,
+            &config.data_dir.join("blobs"),
+        )?);
+        let storage = plugins
+            .get(&config.backups.plugin)
+            .with_context(|| format!("backups.plugin names `{}`", config.backups.plugin))?;
+        if storage.info.kind != crate::plugins::PluginKind::Storage {
+            bail!("backups.plugin names `{}`, which is not a storage plugin", config.backups.plugin);
+        }
 
         let auth = Arc::new(AuthService::new(store.clone(), config.auth.session_ttl_hours)?);
         let agents =
-            Arc::new(AgentService::new(store.clone(), Arc::clone(&config), Arc::clone(&plugins), host_key, keyring));
+            Arc::new(AgentService::new(store.clone(), Arc::clone(&config), Arc::clone(&plugins), host_key, keyring, blobs));
+        agents.clean_up_backups().await.context("cannot clean up unfinished backups")?;
         Ok(App { config, store, auth, agents, plugins })
     }
 
@@ -85,6 +98,7 @@ impl App {
             auth: Arc::clone(&self.auth),
             agents: Arc::clone(&self.agents),
             secure_cookie: self.config.auth.secure_cookie,
+            download_base_url: self.config.backups.download_base_url.clone(),
         });
         let service = api::service(state, server_url);
         let spec_json = service.spec_endpoint();

@@ -44,6 +44,52 @@ pub struct Config {
     pub regions: BTreeMap<String, RegionConfig>,
     pub runtime: RuntimeConfig,
     pub secrets: SecretsConfig,
+    pub backups: BackupConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Object store of the backups: a URL such as `s3://bucket/prefix`, or
+    /// none for local files under `blobs/` in the data directory.
+    pub store_url: Option<String>,
+    /// Options of the object store, as object_store names them, such as
+    /// `aws_endpoint`, `aws_region` or `aws_allow_http`. Credentials may
+    /// also come from the usual `AWS_*` environment variables.
+    pub store_options: BTreeMap<String, String>,
+    /// Storage plugin that encodes the archives. Default `storage-tar`.
+    pub plugin: String,
+    /// Bytes of complete backups one account may keep. Default 10 GiB.
+    pub quota_bytes: u64,
+    /// Unpinned backups kept per agent; older ones are deleted after each
+    /// new backup. Pinned backups are never deleted automatically. Default 10.
+    pub keep_unpinned: u32,
+    /// Largest total content a restore writes, in bytes. Default 10 GiB.
+    pub max_restore_bytes: u64,
+    /// Lifetime of a download link, in seconds. Default 900.
+    pub download_ttl_secs: u64,
+    /// Time limit of one backup or restore, in seconds. Default 3600.
+    pub timeout_secs: u64,
+    /// Origin of download links for local stores, such as
+    /// `https://agentstead.example.com`. Default: `http://` and the `Host`
+    /// header of the request that asked for the link.
+    pub download_base_url: Option<String>,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            store_url: None,
+            store_options: BTreeMap::new(),
+            plugin: "storage-tar".into(),
+            quota_bytes: 10 << 30,
+            keep_unpinned: 10,
+            max_restore_bytes: 10 << 30,
+            download_ttl_secs: 900,
+            timeout_secs: 3600,
+            download_base_url: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -156,6 +202,7 @@ impl Default for Config {
             regions: BTreeMap::from([("eu".to_string(), region.clone()), ("us".to_string(), region)]),
             runtime: RuntimeConfig::default(),
             secrets: SecretsConfig::default(),
+            backups: BackupConfig::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod agents;
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod blobs;
 pub mod config;
 pub mod hostkey;
 pub mod ids;

@@ -89,6 +89,21 @@ pub struct SecretRow {
 }
 
 #[derive(Debug, Clone, FromRow)]
+pub struct BackupRow {
+    pub id: String,
+    pub agent_id: String,
+    pub user_id: String,
+    pub status: String,
+    pub object: Option<String>,
+    pub file_name: Option<String>,
+    pub size: i64,
+    pub pinned: bool,
+    pub created_at: i64,
+}
+
+const BACKUP_COLUMNS: &str = "id, agent_id, user_id, status, object, file_name, size, pinned, created_at";
+
+#[derive(Debug, Clone, FromRow)]
 pub struct EventRow {
     pub id: i64,
     pub at: i64,
@@ -508,5 +523,83 @@ impl Store {
         }
         transaction.commit().await?;
         Ok(Ok(rows.len()))
+    }
+
+    // Backups.
+
+    pub async fn insert_backup(&self, id: &str, agent_id: &str, user_id: &str) -> Result<()> {
+        sqlx::query("INSERT INTO backups (id, agent_id, user_id, status, created_at) VALUES ($1, $2, $3, 'pending', $4)")
+            .bind(id)
+            .bind(agent_id)
+            .bind(user_id)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a backup complete once its object is durable.
+    pub async fn complete_backup(&self, id: &str, object: &str, file_name: &str, size: u64) -> Result<()> {
+        sqlx::query("UPDATE backups SET status = 'complete', object = $1, file_name = $2, size = $3 WHERE id = $4")
+            .bind(object)
+            .bind(file_name)
+            .bind(size as i64)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_backup(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM backups WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Complete backups of an agent, newest first.
+    pub async fn backups_of(&self, agent_id: &str) -> Result<Vec<BackupRow>> {
+        let sql = format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE agent_id = $1 AND status = 'complete' ORDER BY created_at DESC, id DESC");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(agent_id).fetch_all(&self.pool).await?)
+    }
+
+    /// A complete backup of `agent_id` owned by `user_id`.
+    pub async fn backup_of(&self, user_id: &str, agent_id: &str, id: &str) -> Result<Option<BackupRow>> {
+        let sql = format!(
+            "SELECT {BACKUP_COLUMNS} FROM backups WHERE id = $1 AND agent_id = $2 AND user_id = $3 AND status = 'complete'"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(agent_id).bind(user_id).fetch_optional(&self.pool).await?)
+    }
+
+    /// A complete backup by id alone, for signed downloads.
+    pub async fn backup(&self, id: &str) -> Result<Option<BackupRow>> {
+        let sql = format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE id = $1 AND status = 'complete'");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?)
+    }
+
+    pub async fn set_pinned(&self, id: &str, pinned: bool) -> Result<()> {
+        sqlx::query("UPDATE backups SET pinned = $1 WHERE id = $2").bind(pinned).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Bytes of complete backups an account holds.
+    pub async fn backup_bytes(&self, user_id: &str) -> Result<u64> {
+        let used: Option<i64> =
+            sqlx::query_scalar("SELECT SUM(size) FROM backups WHERE user_id = $1 AND status = 'complete'")
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(used.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Every backup that never completed, as a crash leaves them.
+    pub async fn pending_backups(&self) -> Result<Vec<BackupRow>> {
+        let sql = format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'pending'");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?)
+    }
+
+    /// Objects of every complete backup.
+    pub async fn backup_objects(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT object FROM backups WHERE status = 'complete' AND object IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await?)
     }
 }

@@ -28,11 +28,13 @@ pub struct Options {
     pub testkit: bool,
     /// Size of the server's agent port range.
     pub ports: u16,
+    /// TOML tables appended to the generated config file.
+    pub extra_config: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { call_timeout_ms: 3_000, memory_limit_mib: 64, reconcile_interval_secs: 1, search_path: Vec::new(), testkit: true, ports: 20 }
+        Options { call_timeout_ms: 3_000, memory_limit_mib: 64, reconcile_interval_secs: 1, search_path: Vec::new(), testkit: true, ports: 20, extra_config: String::new() }
     }
 }
 
@@ -80,6 +82,8 @@ reconcile_interval_secs = {reconcile}
 [runtime.process]
 allowed_programs = ["sh", "python3", "openclaw", "openfang", "nullclaw", "zeroclaw"]
 search_path = [{search_path}]
+
+{extra_config}
 "#,
             data_dir = data_dir.path().display().to_string(),
             plugin_dir = plugin_dir.display().to_string(),
@@ -88,6 +92,7 @@ search_path = [{search_path}]
             last_port = first_port + options.ports - 1,
             reconcile = options.reconcile_interval_secs,
             search_path = search_path.join(", "),
+            extra_config = options.extra_config,
         );
         let config_path = data_dir.path().join("agentstead.toml");
         std::fs::write(&config_path, config).unwrap();

@@ -4,7 +4,7 @@ use poem::http::StatusCode;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
-use crate::agents::AgentError;
+use crate::agents::{AgentError, BackupError};
 use crate::auth::AuthError;
 use crate::plugins::{GuestErrorMessage, PluginError};
 use crate::secrets::SecretError;
@@ -48,6 +48,9 @@ pub enum ApiError {
     /// The request body is larger than the server accepts.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
+    /// The account's backup quota is used up; the message says what to delete.
+    #[oai(status = 507)]
+    InsufficientStorage(Json<ErrorBody>),
     /// An unexpected server error; the server log has the details.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
@@ -141,6 +144,10 @@ impl From<AgentError> for ApiError {
                 ApiError::Internal(body("secret_undecryptable", message))
             }
             AgentError::Secret(_) => ApiError::internal(&error),
+            AgentError::Backup(BackupError::NotFound(_)) => ApiError::not_found(message),
+            AgentError::Backup(BackupError::Quota { .. }) => ApiError::InsufficientStorage(body("quota_exceeded", message)),
+            AgentError::Backup(BackupError::Rejected(_)) => ApiError::bad_request("archive_rejected", message),
+            AgentError::Backup(BackupError::BadLink) => ApiError::Forbidden(body("invalid_download_link", message)),
             AgentError::Store(_) | AgentError::Io { .. } => ApiError::internal(&error),
         }
     }

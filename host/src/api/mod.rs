@@ -5,6 +5,7 @@
 //! (unknown route, malformed body, missing credentials) into the same shape.
 
 mod agents;
+mod backups;
 mod error;
 mod secrets;
 mod sensitive;
@@ -31,6 +32,8 @@ pub struct ApiState {
     pub auth: Arc<AuthService>,
     pub agents: Arc<AgentService>,
     pub secure_cookie: bool,
+    /// Origin of backup download links; `None` uses the request's `Host`.
+    pub download_base_url: Option<String>,
 }
 
 #[derive(Tags)]
@@ -39,6 +42,8 @@ pub enum ApiTags {
     Agents,
     /// Values injected into an agent's environment; write-only.
     Secrets,
+    /// Workspace backups, downloads and restores.
+    Backups,
     /// Personal access tokens for scripts and CI.
     Tokens,
     /// Log in and out with a session cookie (extension).
@@ -113,6 +118,7 @@ pub fn service(state: Arc<ApiState>, server_url: &str) -> OpenApiService<impl po
     let apis = (
         agents::AgentsApi { state: Arc::clone(&state) },
         secrets::SecretsApi { state: Arc::clone(&state) },
+        backups::BackupsApi { state: Arc::clone(&state) },
         tokens::TokensApi { state: Arc::clone(&state) },
         session::SessionApi { state: Arc::clone(&state) },
         system::SystemApi,

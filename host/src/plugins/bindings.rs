@@ -24,6 +24,20 @@ pub mod runtime {
     });
 }
 
+pub mod storage {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "storage",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "agentstead:plugin/types": super::agent::agentstead::plugin::types,
+            "agentstead:plugin/logging": super::agent::agentstead::plugin::logging,
+            "agentstead:plugin/blobs.upload": crate::plugins::storage::UploadState,
+        },
+    });
+}
+
 pub use agent::agentstead::plugin::types::{EnvVar, PluginError as GuestError, PluginInfo, PluginKind, StopSignal};
 pub use agent::exports::agentstead::plugin::agent_driver::{
     AgentInfo, ConfigFile, DeployContext, HealthProbe, LaunchPlan, SecretMapping, Target,

@@ -10,6 +10,7 @@
 pub mod bindings;
 pub mod process;
 mod sandbox;
+pub mod storage;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,9 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Stor
 
 use bindings::agent::{Agent, AgentPre};
 use bindings::runtime::{Runtime, RuntimePre};
+use bindings::storage::{Storage, StoragePre};
+pub use bindings::storage::exports::agentstead::plugin::storage_driver::Snapshot;
+pub use storage::{BackupWalk, RestoreSink, StorageSession, WorkspaceSession};
 pub use bindings::{
     AgentInfo, DeployContext, EnvVar, GuestError, LaunchPlan, PluginInfo, PluginKind, RuntimeCapabilities,
     StopSignal, TaskMetrics, TaskSpec, TaskStatus,
@@ -99,6 +103,7 @@ pub enum PluginSource {
 enum Prepared {
     Agent(AgentPre<PluginState>),
     Runtime(RuntimePre<PluginState>),
+    Storage(StoragePre<PluginState>),
 }
 
 /// A compiled plugin, ready to instantiate.
@@ -131,6 +136,7 @@ pub struct PluginHost {
     engine: Engine,
     agent_linker: Linker<PluginState>,
     runtime_linker: Linker<PluginState>,
+    storage_linker: Linker<PluginState>,
     plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
     limits: Limits,
     calls: Semaphore,
@@ -159,10 +165,16 @@ impl PluginHost {
         Runtime::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut runtime_linker, |state| state)
             .map_err(link_error)?;
 
+        let mut storage_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut storage_linker).map_err(link_error)?;
+        Storage::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut storage_linker, |state| state)
+            .map_err(link_error)?;
+
         let host = PluginHost {
             engine,
             agent_linker,
             runtime_linker,
+            storage_linker,
             plugins: RwLock::new(BTreeMap::new()),
             limits,
             calls: Semaphore::new(MAX_CONCURRENT_CALLS as usize),
@@ -232,9 +244,13 @@ impl PluginHost {
                 check_kind(&info, PluginKind::Runtime, source_name)?;
                 Ok(LoadedPlugin { info, source, agent: None, runtime: Some(capabilities), prepared: Prepared::Runtime(pre) })
             }
-            PluginKind::Storage => Err(load_error(
-                "storage plugins are not supported by this host yet; remove the file from the plugin directory".into(),
-            )),
+            PluginKind::Storage => {
+                let pre = self.storage_linker.instantiate_pre(&component).map_err(|e| load_error(format!("{e:#}")))?;
+                let pre = StoragePre::new(pre).map_err(|e| load_error(format!("{e:#}")))?;
+                let info = self.describe_storage(&pre, label).await?;
+                check_kind(&info, PluginKind::Storage, source_name)?;
+                Ok(LoadedPlugin { info, source, agent: None, runtime: None, prepared: Prepared::Storage(pre) })
+            }
         }
     }
 
@@ -296,6 +312,54 @@ impl PluginHost {
         })
         .await;
         settle(&name, &store, self.limits, Duration::ZERO, outcome.map(|r| r.map(Ok)))
+    }
+
+    async fn describe_storage(&self, pre: &StoragePre<PluginState>, label: Arc<str>) -> Result<PluginInfo, PluginError> {
+        let name = label.to_string();
+        let mut store = self.new_store(label, None, None);
+        let outcome = tokio::time::timeout(self.limits.call_timeout, async {
+            let bindings = pre.instantiate_async(&mut store).await?;
+            bindings.agentstead_plugin_plugin().call_describe(&mut store).await
+        })
+        .await;
+        settle(&name, &store, self.limits, Duration::ZERO, outcome.map(|r| r.map(Ok)))
+    }
+
+    /// Runs a storage plugin's `backup` or `restore` with a workspace
+    /// session, for up to `budget`. Returns the result and the session as
+    /// the call left it.
+    pub async fn storage_call<T, F>(
+        &self,
+        plugin: &LoadedPlugin,
+        agent_id: &str,
+        session: StorageSession,
+        budget: Duration,
+        call: F,
+    ) -> (Result<T, PluginError>, Option<StorageSession>)
+    where
+        F: for<'a> FnOnce(
+            &'a Storage,
+            &'a mut Store<PluginState>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = wasmtime::Result<Result<T, GuestError>>> + Send + 'a>,
+        >,
+        T: Send,
+    {
+        let Prepared::Storage(pre) = &plugin.prepared else {
+            return (Err(PluginError::NotLoaded(format!("{} (not a storage plugin)", plugin.info.name))), Some(session));
+        };
+        let _permit = self.calls.acquire().await.expect("the call semaphore is never closed");
+        let mut store = self.new_store(plugin.info.name.as_str().into(), Some(agent_id), None);
+        store.data_mut().storage = Some(session);
+        store.set_epoch_deadline(deadline_ticks(budget));
+        let outcome = tokio::time::timeout(budget, async {
+            let bindings = pre.instantiate_async(&mut store).await?;
+            call(&bindings, &mut store).await
+        })
+        .await;
+        let extra = budget.saturating_sub(self.limits.call_timeout);
+        let result = settle(&plugin.label(), &store, self.limits, extra, outcome);
+        (result, store.data_mut().storage.take())
     }
 
     fn new_store(&self, plugin: Arc<str>, agent_id: Option<&str>, grant: Option<ProcessGrant>) -> Store<PluginState> {

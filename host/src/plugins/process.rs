@@ -163,11 +163,14 @@ impl ProcessSupervisor {
     fn signal_group(&self, group: Spawned, signal: StopSignal) -> Result<(), ProcessError> {
         // Only processes found in the agent's session are signalled: a bare
         // id may belong to an unrelated process once every member is gone.
+        self.send_to_members(group, to_signal(signal))
+    }
+
+    fn send_to_members(&self, group: Spawned, signal: Signal) -> Result<(), ProcessError> {
         let members = self.group_members(group.pgid);
         if members.is_empty() {
             return Err(ProcessError::NoSuchGroup(group.pgid));
         }
-        let signal = to_signal(signal);
         for member in &members {
             match kill(Pid::from_raw(member.pid), signal) {
                 Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
@@ -367,6 +370,11 @@ impl Host for PluginState {
 
     async fn usage(&mut self, group: Spawned) -> Result<GroupUsage, ProcessError> {
         self.grant()?.supervisor.usage(group)
+    }
+
+    async fn suspend_group(&mut self, group: Spawned, suspended: bool) -> Result<(), ProcessError> {
+        let supervisor = Arc::clone(&self.grant()?.supervisor);
+        supervisor.send_to_members(group, if suspended { Signal::SIGSTOP } else { Signal::SIGCONT })
     }
 
     async fn read_log_tail(&mut self, log_path: String, max_bytes: u32) -> Result<String, ProcessError> {

@@ -10,6 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::agent::agentstead::plugin::logging::{self, Level};
 use super::process::ProcessGrant;
+use super::storage::StorageSession;
 
 /// Bytes of a plugin's stderr kept per call; the tail goes into error messages.
 const STDERR_CAPACITY: usize = 64 * 1024;
@@ -28,6 +29,7 @@ pub struct PluginState {
     agent_id: Option<String>,
     log_lines: u32,
     pub(super) process: Option<ProcessGrant>,
+    pub(super) storage: Option<StorageSession>,
 }
 
 impl PluginState {
@@ -46,6 +48,7 @@ impl PluginState {
             agent_id,
             log_lines: 0,
             process,
+            storage: None,
         }
     }
 
@@ -62,6 +65,10 @@ impl PluginState {
 
     pub fn plugin(&self) -> &str {
         &self.plugin
+    }
+
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 

@@ -181,6 +181,16 @@ impl RuntimeDriver for ProcessRuntime {
         }
     }
 
+    fn pause(handle: Vec<u8>, paused: bool) -> Result<(), PluginError> {
+        let Some(group) = Handle::decode(&handle)?.group else {
+            return Ok(());
+        };
+        match process::suspend_group(group, paused) {
+            Ok(()) | Err(ProcessError::NoSuchGroup(_)) => Ok(()),
+            Err(error) => Err(to_plugin_error(error)),
+        }
+    }
+
     fn metrics(handle: Vec<u8>) -> Result<TaskMetrics, PluginError> {
         let Some(group) = Handle::decode(&handle)?.group else {
             return Ok(TaskMetrics { cpu_time_ms: 0, memory_bytes: 0, processes: 0 });
