@@ -311,3 +311,90 @@ async fn restart_removes_unfinished_backups() {
     let ids: Vec<&str> = list["backups"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [kept.as_str()]);
 }
+
+/// An S3-compatible moto server on loopback, killed on drop.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_moto() -> Option<Moto> {
+    let program = std::env::var_os("AGENTSTEAD_MOTO_SERVER").map(PathBuf::from).or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join("moto_server")).find(|path| path.is_file())
+    });
+    let Some(program) = program else {
+        if std::env::var("AGENTSTEAD_REQUIRE_MOTO").as_deref() == Ok("1") {
+            panic!("AGENTSTEAD_REQUIRE_MOTO=1 but moto_server is neither in AGENTSTEAD_MOTO_SERVER nor on PATH");
+        }
+        eprintln!("\n*** SKIPPED S3 backup test: moto_server is not installed (pip install 'moto[server]'). ***\n");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(program)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start moto_server");
+    let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for _ in 0..100 {
+        if client.put(format!("{}/agentstead-test", moto.endpoint)).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Some(moto);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("moto_server did not create the bucket within 10 s");
+}
+
+#[tokio::test]
+async fn s3_store_uploads_in_parts_and_signs_downloads() {
+    let Some(moto) = start_moto().await else {
+        return;
+    };
+    let extra_config = format!(
+        "[backups]\nstore_url = \"s3://agentstead-test/archives\"\n\n[backups.store_options]\n\
+         aws_endpoint = \"{}\"\naws_access_key_id = \"testing\"\naws_secret_access_key = \"testing\"\n\
+         aws_region = \"us-east-1\"\naws_allow_http = \"true\"\n",
+        moto.endpoint
+    );
+    let server = Server::start_with(Options { extra_config, ..Options::default() }).await;
+    let token = server.user_with_token("ops@example.com");
+    let id = deploy(&server, &token).await;
+    let root = workspace(&server, &id);
+    // Incompressible content larger than two 5 MiB parts forces a multipart upload.
+    std::fs::write(root.join("large.bin"), noise(12 * 1024 * 1024, 3)).unwrap();
+    std::fs::write(root.join("small.txt"), "small\n").unwrap();
+
+    let created = backup(&server, &token, &id).await;
+    let backup_id = created["id"].as_str().unwrap().to_string();
+    assert!(created["size"].as_u64().unwrap() > 12 * 1024 * 1024, "{created}");
+    assert!(!server.data_dir.path().join("blobs").exists(), "the local store was used instead of S3");
+
+    let (_, link) = server.get(&token, &format!("/api/agents/{id}/workspace/backups/{backup_id}/download")).await;
+    let url = link["url"].as_str().unwrap();
+    assert!(url.starts_with(&moto.endpoint), "not a presigned S3 URL: {url}");
+    assert!(url.contains("X-Amz-Signature"), "not a presigned S3 URL: {url}");
+    let archive = reqwest::get(url).await.unwrap();
+    assert_eq!(archive.status(), 200);
+    let bytes = archive.bytes().await.unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::write(scratch.path().join("b.tar.gz"), &bytes).unwrap();
+    let out = scratch.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let status = Command::new("tar").arg("-xzf").arg(scratch.path().join("b.tar.gz")).arg("-C").arg(&out).status().unwrap();
+    assert!(status.success());
+    assert_eq!(tree_diff(&root, &out), Vec::<String>::new());
+
+    std::fs::remove_file(root.join("small.txt")).unwrap();
+    let (status, body) = server.post_empty(&token, &format!("/api/agents/{id}/workspace/backups/{backup_id}/restore")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(std::fs::read_to_string(root.join("small.txt")).unwrap(), "small\n", "restore from S3");
+}
