@@ -5,7 +5,10 @@
 //! 1. a driver `plan` call through wasmtime, fresh store per call;
 //! 2. authenticated `GET /api/agents` with 100 agents against `GET /healthz`;
 //! 3. deploy to `ONLINE` for OpenClaw against the same gateway started by
-//!    hand until `/healthz` returns 200 (needs `AGENTSTEAD_OPENCLAW_BIN_DIR`).
+//!    hand until `/healthz` returns 200 (needs `AGENTSTEAD_OPENCLAW_BIN_DIR`);
+//! 4. backup and restore of a workspace of mixed files (1 GiB, or
+//!    `AGENTSTEAD_BENCH_BACKUP_MIB`) against `tar | zstd -3` and
+//!    `tar | gzip -3` on the same data, with the host's peak memory.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -213,6 +216,112 @@ async fn bench_openclaw() {
     );
 }
 
+/// Fills `root` with `total` bytes in files of 1 to 8 MiB: half random
+/// bytes, half repetitive text, as agent workspaces mix both.
+fn fill_mixed_workspace(root: &Path, total: u64) {
+    let mut written = 0u64;
+    let mut index = 0u64;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    while written < total {
+        let size = (((index * 7919) % 8) + 1) * 1024 * 1024;
+        let size = size.min(total - written) as usize;
+        let dir = root.join(format!("dir{}", index % 16));
+        std::fs::create_dir_all(&dir).unwrap();
+        let content: Vec<u8> = if index % 2 == 0 {
+            (0..size)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect()
+        } else {
+            format!("line {index}: the agent wrote some notes about its work\n").into_bytes().into_iter().cycle().take(size).collect()
+        };
+        std::fs::write(dir.join(format!("file{index}.dat")), content).unwrap();
+        written += size as u64;
+        index += 1;
+    }
+}
+
+fn time_shell(script: &str) -> Duration {
+    let started = Instant::now();
+    let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
+    assert!(status.success(), "{script}");
+    started.elapsed()
+}
+
+fn peak_memory_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn bench_backup() {
+    let mib: u64 = std::env::var("AGENTSTEAD_BENCH_BACKUP_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let extra_config = "[backups]\nquota_bytes = 1099511627776\ntimeout_secs = 7200\n".to_string();
+    let server = Server::start_with(Options { extra_config, ..Options::default() }).await;
+    let token = server.user_with_token("bench@example.com");
+    let agent = server.deploy(&token, "testkit", None).await;
+    let id = agent["id"].as_str().unwrap().to_string();
+    let workspace = server.data_dir.path().join("agents").join(&id).join("workspace");
+    fill_mixed_workspace(&workspace, mib * 1024 * 1024);
+    let pid = server.pid().unwrap();
+    let memory_before = peak_memory_kib(pid);
+
+    let scratch = tempfile::tempdir().unwrap();
+    let ws = workspace.display();
+    let out = scratch.path().display();
+    let zstd_backup = time_shell(&format!("tar -C {ws} -c . | zstd -3 -q -o {out}/w.tar.zst"));
+    let gzip_backup = time_shell(&format!("tar -C {ws} -c . | gzip -3 > {out}/w.tar.gz"));
+
+    let started = Instant::now();
+    let (status, backup) = server.post_empty(&token, &format!("/api/agents/{id}/workspace/backup")).await;
+    assert_eq!(status, 201, "{backup}");
+    let api_backup = started.elapsed();
+    let memory_backup = peak_memory_kib(pid);
+    let backup_id = backup["id"].as_str().unwrap().to_string();
+
+    std::fs::create_dir(scratch.path().join("zx")).unwrap();
+    std::fs::create_dir(scratch.path().join("gx")).unwrap();
+    let zstd_restore = time_shell(&format!("zstd -d -q -c {out}/w.tar.zst | tar -C {out}/zx -x"));
+    let gzip_restore = time_shell(&format!("gzip -d -c {out}/w.tar.gz | tar -C {out}/gx -x"));
+    let started = Instant::now();
+    let (status, body) = server.post_empty(&token, &format!("/api/agents/{id}/workspace/backups/{backup_id}/restore")).await;
+    assert_eq!(status, 200, "{body}");
+    let api_restore = started.elapsed();
+    let memory_restore = peak_memory_kib(pid);
+
+    let zstd_size = std::fs::metadata(scratch.path().join("w.tar.zst")).unwrap().len();
+    println!(
+        "backup of {mib} MiB: API {:.1} s ({} bytes) vs tar|zstd -3 {:.1} s ({zstd_size} bytes): ratio {:.2}; vs tar|gzip -3 {:.1} s: ratio {:.2}",
+        api_backup.as_secs_f64(),
+        backup["size"],
+        zstd_backup.as_secs_f64(),
+        api_backup.as_secs_f64() / zstd_backup.as_secs_f64(),
+        gzip_backup.as_secs_f64(),
+        api_backup.as_secs_f64() / gzip_backup.as_secs_f64()
+    );
+    println!(
+        "restore of {mib} MiB (stop, extract, swap, start): API {:.1} s vs zstd -d|tar -x {:.1} s: ratio {:.2}; vs gzip -d|tar -x {:.1} s: ratio {:.2}",
+        api_restore.as_secs_f64(),
+        zstd_restore.as_secs_f64(),
+        api_restore.as_secs_f64() / zstd_restore.as_secs_f64(),
+        gzip_restore.as_secs_f64(),
+        api_restore.as_secs_f64() / gzip_restore.as_secs_f64()
+    );
+    println!(
+        "host peak resident memory: {} MiB before, {} MiB after the backup, {} MiB after the restore",
+        memory_before / 1024,
+        memory_backup / 1024,
+        memory_restore / 1024
+    );
+}
+
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; a filter argument selects benchmarks by name.
@@ -226,5 +335,8 @@ async fn main() {
     }
     if selected("openclaw") {
         bench_openclaw().await;
+    }
+    if selected("backup") {
+        bench_backup().await;
     }
 }

@@ -74,12 +74,12 @@ impl BlobStore {
         &self.store
     }
 
-    /// The prefix of one plugin's objects.
+    /// Returns the prefix of one plugin's objects.
     pub fn plugin_prefix(&self, plugin: &str) -> Path {
         self.root.clone().join("plugins").join(plugin)
     }
 
-    /// The full path of a plugin's object `key`. Keys are relative, with
+    /// Returns the full path of a plugin's object `key`. Keys are relative, with
     /// segments of letters, digits, `.`, `_` and `-`, and no `.` or `..`
     /// segment, so a plugin cannot leave its prefix.
     pub fn plugin_path(&self, plugin: &str, key: &str) -> Result<Path, BlobStoreError> {
@@ -98,8 +98,9 @@ impl BlobStore {
         Ok(path)
     }
 
-    /// A URL that downloads `path` without credentials for `ttl`, when the
-    /// store can sign one; local stores cannot, and the host serves those.
+    /// Signs a URL that downloads `path` without credentials for `ttl`.
+    /// Returns `None` for stores that cannot sign, such as local files,
+    /// whose archives the host serves itself.
     pub async fn signed_url(&self, path: &Path, ttl: Duration) -> Option<Result<url::Url, object_store::Error>> {
         let signer = self.signer.as_ref()?;
         Some(signer.signed_url(Method::GET, path, ttl).await)

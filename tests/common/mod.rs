@@ -146,6 +146,11 @@ search_path = [{search_path}]
         }
     }
 
+    /// Process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.data_dir.path().join("server.log")
     }

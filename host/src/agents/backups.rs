@@ -1,8 +1,8 @@
 //! Workspace backups: create, list, pin, delete, download links and restore.
 //!
-//! A backup row is `pending` from before the first byte is written until
-//! the storage plugin has finished its upload (the object becomes visible
-//! only then, whole) and the size is known; only then is it `complete`.
+//! A backup row is `pending` from before the first byte is written. It
+//! turns `complete` only after the storage plugin has finished its upload,
+//! which makes the object visible whole, and the size is known.
 //! A crash in between leaves a pending row and perhaps an unfinished
 //! upload, which [`AgentService::clean_up_backups`] removes at the next
 //! start.
@@ -63,7 +63,7 @@ impl AgentService {
         self.store.backup_of(user_id, agent_id, backup_id).await?.ok_or_else(not_found)
     }
 
-    /// The oldest unpinned backups of an account, for quota messages.
+    /// Lists the oldest unpinned backups of an account, for quota messages.
     async fn deletable_hint(&self, user_id: &str) -> String {
         let agents = self.store.agents_of(user_id).await.unwrap_or_default();
         let mut unpinned = Vec::new();
@@ -209,9 +209,9 @@ impl AgentService {
         Ok(())
     }
 
-    /// A link that downloads the archive without credentials until it
-    /// expires: the store's own signed URL for cloud stores, a host route
-    /// with an HMAC-signed token for local files.
+    /// Returns a link that downloads the archive without credentials until
+    /// it expires. Cloud stores sign their own URL; for local files the link
+    /// is a host route with an HMAC-signed token.
     pub async fn download_link(&self, user_id: &str, agent_id: &str, backup_id: &str, base_url: &str) -> Result<DownloadLink, AgentError> {
         let backup = self.owned_backup(user_id, agent_id, backup_id).await?;
         let ttl = Duration::from_secs(self.config.backups.download_ttl_secs);
@@ -251,9 +251,9 @@ impl AgentService {
     }
 
     /// Replaces the agent's workspace with a backup. The archive is
-    /// extracted beside the workspace first; only when every entry passed
-    /// is the agent stopped, the directories swapped, and the agent started
-    /// again if it was running.
+    /// extracted beside the workspace first. Only when every entry passed
+    /// is the agent stopped and the directories swapped, and then the agent
+    /// starts again if it was running.
     pub async fn restore_backup(&self, user_id: &str, agent_id: &str, backup_id: &str) -> Result<AgentRow, AgentError> {
         let backup = self.owned_backup(user_id, agent_id, backup_id).await?;
         let agent = self.get(user_id, agent_id).await?;

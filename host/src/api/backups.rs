@@ -79,7 +79,7 @@ fn to_api(backup: BackupRow) -> Backup {
     Backup { id: backup.id, size: backup.size.max(0) as u64, pinned: backup.pinned, created_at: Timestamp::from_ms(backup.created_at) }
 }
 
-/// The origin download links point to: the configured one, else the
+/// Returns the origin of download links: the configured one, else the
 /// request's own `Host`.
 fn base_url(state: &ApiState, request: &Request) -> String {
     if let Some(base) = &state.download_base_url {

@@ -31,7 +31,7 @@ const UPLOAD_CONCURRENCY: usize = 4;
 /// Largest chunk a plugin may request or send per call.
 const MAX_CHUNK: u32 = 8 * 1024 * 1024;
 
-/// What a storage call may touch.
+/// Access granted to one storage call.
 pub struct StorageSession {
     pub blobs: Arc<BlobStore>,
     pub plugin: String,
@@ -43,7 +43,7 @@ pub enum WorkspaceSession {
     Restore(RestoreSink),
 }
 
-/// An upload a plugin started, as the resource table holds it.
+/// An upload a plugin started, as stored in the resource table.
 pub struct UploadState {
     upload: Option<WriteMultipart>,
     path: object_store::path::Path,
@@ -95,7 +95,7 @@ impl BackupWalk {
     }
 
     /// Reads the current file. A file that shrank since it was listed is
-    /// padded with zeros and one that grew is cut, so the archive holds
+    /// padded with zeros and one that grew is cut, so the archive contains
     /// exactly the size it announced.
     fn read(&mut self, max_bytes: u32) -> Result<Vec<u8>, String> {
         let Some((file, remaining)) = self.current.as_mut() else {
@@ -133,7 +133,7 @@ impl RestoreSink {
     fn begin_entry(&mut self, entry: Entry) -> Result<(), String> {
         self.current = None;
         let relative = checked_relative(&entry.path)?;
-        self.refuse_symlink_parents(relative)?;
+        self.reject_symlink_parents(relative)?;
         let target = self.staging.join(relative);
         self.entries += 1;
         match entry.kind {
@@ -173,7 +173,7 @@ impl RestoreSink {
             EntryKind::Hardlink => {
                 let link = entry.link_target.as_deref().ok_or_else(|| format!("hard link {} has no target", entry.path))?;
                 let source = checked_relative(link).map_err(|reason| format!("hard link {} points outside the workspace: {reason}", entry.path))?;
-                self.refuse_symlink_parents(source)?;
+                self.reject_symlink_parents(source)?;
                 let source = self.staging.join(source);
                 let is_file = std::fs::symlink_metadata(&source).is_ok_and(|meta| meta.is_file());
                 if !is_file {
@@ -199,7 +199,7 @@ impl RestoreSink {
 
     /// Rejects a path whose existing parent inside the staging directory is
     /// a symlink, which would carry the write elsewhere.
-    fn refuse_symlink_parents(&self, relative: &Path) -> Result<(), String> {
+    fn reject_symlink_parents(&self, relative: &Path) -> Result<(), String> {
         let mut current = self.staging.clone();
         for component in relative.parent().into_iter().flat_map(Path::components) {
             current.push(component);
@@ -218,7 +218,7 @@ impl RestoreSink {
     }
 }
 
-/// A relative path of normal components only.
+/// Checks that `path` is relative, with normal components only.
 fn checked_relative(path: &str) -> Result<&Path, String> {
     let relative = Path::new(path);
     if path.is_empty() || path.contains('\0') {
