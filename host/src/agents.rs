@@ -727,6 +727,11 @@ impl AgentService {
         Ok(self.store.events(agent_id, limit).await?)
     }
 
+    /// Appends to the agent's event log; a failure is logged, not returned.
+    pub async fn record_event(&self, agent_id: &str, kind: &str, message: &str) {
+        self.event(agent_id, kind, message).await;
+    }
+
     async fn event(&self, agent_id: &str, kind: &str, message: &str) {
         if let Err(error) = self.store.insert_event(agent_id, kind, message).await {
             tracing::warn!(agent_id, kind, %error, "failed to record an agent event");

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::hostkey::HostKey;
 use crate::plugins::{Limits, PluginHost, ProcessSupervisor};
 use crate::blobs::BlobStore;
+use crate::schedules::ScheduleService;
 use crate::secrets::Keyring;
 use crate::store::Store;
 
@@ -36,6 +37,7 @@ pub struct App {
     pub auth: Arc<AuthService>,
     pub agents: Arc<AgentService>,
     pub plugins: Arc<PluginHost>,
+    pub schedules: Arc<ScheduleService>,
 }
 
 /// Creates the data directory with mode 0700 and opens the database in it.
@@ -89,7 +91,8 @@ impl App {
         let agents =
             Arc::new(AgentService::new(store.clone(), Arc::clone(&config), Arc::clone(&plugins), host_key, keyring, blobs));
         agents.clean_up_backups().await.context("cannot clean up unfinished backups")?;
-        Ok(App { config, store, auth, agents, plugins })
+        let schedules = ScheduleService::start(store.clone(), Arc::clone(&agents)).await?;
+        Ok(App { config, store, auth, agents, plugins, schedules })
     }
 
     /// Builds the complete HTTP application: the API, its OpenAPI documents and Swagger UI.
@@ -97,6 +100,7 @@ impl App {
         let state = Arc::new(ApiState {
             auth: Arc::clone(&self.auth),
             agents: Arc::clone(&self.agents),
+            schedules: Arc::clone(&self.schedules),
             secure_cookie: self.config.auth.secure_cookie,
             download_base_url: self.config.backups.download_base_url.clone(),
         });

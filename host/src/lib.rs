@@ -12,5 +12,6 @@ pub mod config;
 pub mod hostkey;
 pub mod ids;
 pub mod plugins;
+pub mod schedules;
 pub mod secrets;
 pub mod store;

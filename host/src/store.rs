@@ -104,6 +104,24 @@ pub struct BackupRow {
 const BACKUP_COLUMNS: &str = "id, agent_id, user_id, status, object, file_name, size, pinned, created_at";
 
 #[derive(Debug, Clone, FromRow)]
+pub struct ScheduleRow {
+    pub id: String,
+    pub agent_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub cron: String,
+    pub action: String,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub last_run_at: Option<i64>,
+    pub last_status: Option<String>,
+    pub last_error: Option<String>,
+}
+
+const SCHEDULE_COLUMNS: &str =
+    "id, agent_id, user_id, name, cron, action, enabled, created_at, last_run_at, last_status, last_error";
+
+#[derive(Debug, Clone, FromRow)]
 pub struct EventRow {
     pub id: i64,
     pub at: i64,
@@ -601,5 +619,98 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT object FROM backups WHERE status = 'complete' AND object IS NOT NULL")
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    // Schedules.
+
+    pub async fn insert_schedule(&self, row: &ScheduleRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO schedules (id, agent_id, user_id, name, cron, action, enabled, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&row.id)
+        .bind(&row.agent_id)
+        .bind(&row.user_id)
+        .bind(&row.name)
+        .bind(&row.cron)
+        .bind(&row.action)
+        .bind(row.enabled)
+        .bind(row.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Writes the editable fields of a schedule.
+    pub async fn update_schedule(&self, row: &ScheduleRow) -> Result<()> {
+        sqlx::query("UPDATE schedules SET name = $1, cron = $2, action = $3, enabled = $4 WHERE id = $5")
+            .bind(&row.name)
+            .bind(&row.cron)
+            .bind(&row.action)
+            .bind(row.enabled)
+            .bind(&row.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_schedule(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM schedules WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn schedules_of(&self, agent_id: &str) -> Result<Vec<ScheduleRow>> {
+        let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE agent_id = $1 ORDER BY created_at, id");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(agent_id).fetch_all(&self.pool).await?)
+    }
+
+    pub async fn schedule_of(&self, user_id: &str, agent_id: &str, id: &str) -> Result<Option<ScheduleRow>> {
+        let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = $1 AND agent_id = $2 AND user_id = $3");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(agent_id).bind(user_id).fetch_optional(&self.pool).await?)
+    }
+
+    pub async fn schedule(&self, id: &str) -> Result<Option<ScheduleRow>> {
+        let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?)
+    }
+
+    pub async fn enabled_schedules(&self) -> Result<Vec<ScheduleRow>> {
+        let sql = format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE enabled = $1");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(true).fetch_all(&self.pool).await?)
+    }
+
+    /// Claims one firing of a schedule for `host`; false when another host
+    /// (or an earlier call) already claimed it.
+    pub async fn claim_schedule_run(&self, schedule_id: &str, fire_at: i64, host: &str) -> Result<bool> {
+        let result = sqlx::query("INSERT INTO schedule_runs (schedule_id, fire_at, host, claimed_at) VALUES ($1, $2, $3, $4)")
+            .bind(schedule_id)
+            .bind(fire_at)
+            .bind(host)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(error) if is_unique_violation(&error) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    pub async fn schedule_run_count(&self, schedule_id: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM schedule_runs WHERE schedule_id = $1")
+            .bind(schedule_id)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub async fn record_schedule_result(&self, id: &str, at: i64, status: &str, error: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE schedules SET last_run_at = $1, last_status = $2, last_error = $3 WHERE id = $4")
+            .bind(at)
+            .bind(status)
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

@@ -372,11 +372,15 @@ impl AgentsApi {
     /// Delete agent (extension)
     ///
     /// **Extension.** Scope required: deploy. Stops the agent and deletes it
-    /// with its workspace and logs. This cannot be undone.
+    /// with its workspace, logs, secrets, backups and schedules. This cannot
+    /// be undone.
     #[oai(path = "/api/agents/:id", method = "delete", operation_id = "deleteAgent")]
     async fn delete(&self, credentials: Credentials, request: &Request, id: Path<String>) -> Result<DeleteResponse, ApiError> {
         let caller = self.state.authorize(&credentials, request, Scope::Deploy).await?;
+        let schedules = self.state.schedules.list(&caller.user_id, &id).await?;
         self.state.agents.delete(&caller.user_id, &id).await?;
+        let schedule_ids: Vec<String> = schedules.into_iter().map(|schedule| schedule.id).collect();
+        self.state.schedules.forget_agent(&schedule_ids).await;
         Ok(DeleteResponse::Deleted)
     }
 

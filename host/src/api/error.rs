@@ -7,6 +7,7 @@ use poem_openapi::{ApiResponse, Object};
 use crate::agents::{AgentError, BackupError};
 use crate::auth::AuthError;
 use crate::plugins::{GuestErrorMessage, PluginError};
+use crate::schedules::ScheduleError;
 use crate::secrets::SecretError;
 
 /// Body of every error response.
@@ -149,6 +150,19 @@ impl From<AgentError> for ApiError {
             AgentError::Backup(BackupError::Rejected(_)) => ApiError::bad_request("archive_rejected", message),
             AgentError::Backup(BackupError::BadLink) => ApiError::Forbidden(body("invalid_download_link", message)),
             AgentError::Store(_) | AgentError::Io { .. } => ApiError::internal(&error),
+        }
+    }
+}
+
+impl From<ScheduleError> for ApiError {
+    fn from(error: ScheduleError) -> Self {
+        let message = error.to_string();
+        match error {
+            ScheduleError::InvalidCron(_) => ApiError::bad_request("invalid_cron", message),
+            ScheduleError::InvalidName(_) => ApiError::bad_request("invalid_name", message),
+            ScheduleError::NotFound(_) => ApiError::not_found(message),
+            ScheduleError::Agent(agent) => agent.into(),
+            ScheduleError::Scheduler(_) | ScheduleError::Store(_) => ApiError::internal(&error),
         }
     }
 }

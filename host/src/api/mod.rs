@@ -7,6 +7,7 @@
 mod agents;
 mod backups;
 mod error;
+mod schedules;
 mod secrets;
 mod sensitive;
 mod session;
@@ -26,11 +27,13 @@ pub use timestamp::Timestamp;
 
 use crate::agents::AgentService;
 use crate::auth::{AuthError, AuthService, Caller, Scope};
+use crate::schedules::ScheduleService;
 
 /// Services the API calls into.
 pub struct ApiState {
     pub auth: Arc<AuthService>,
     pub agents: Arc<AgentService>,
+    pub schedules: Arc<ScheduleService>,
     pub secure_cookie: bool,
     /// Origin of backup download links; `None` uses the request's `Host`.
     pub download_base_url: Option<String>,
@@ -44,6 +47,8 @@ pub enum ApiTags {
     Secrets,
     /// Workspace backups, downloads and restores.
     Backups,
+    /// Cron schedules that back up or restart an agent.
+    Schedules,
     /// Personal access tokens for scripts and CI.
     Tokens,
     /// Log in and out with a session cookie (extension).
@@ -119,6 +124,7 @@ pub fn service(state: Arc<ApiState>, server_url: &str) -> OpenApiService<impl po
         agents::AgentsApi { state: Arc::clone(&state) },
         secrets::SecretsApi { state: Arc::clone(&state) },
         backups::BackupsApi { state: Arc::clone(&state) },
+        schedules::SchedulesApi { state: Arc::clone(&state) },
         tokens::TokensApi { state: Arc::clone(&state) },
         session::SessionApi { state: Arc::clone(&state) },
         system::SystemApi,
