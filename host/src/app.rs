@@ -28,6 +28,8 @@ use crate::store::Store;
 
 /// Largest request body the API reads, in bytes.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest oversized body read and discarded before the 413 is sent.
+const DRAIN_LIMIT_BYTES: usize = 16 * 1024 * 1024;
 /// Time in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -187,7 +189,15 @@ async fn limit_body<E: Endpoint>(next: E, mut request: Request) -> poem::Result<
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<usize>().ok());
     match declared {
-        Some(length) if length > MAX_BODY_BYTES => return too_large(),
+        Some(length) if length > MAX_BODY_BYTES => {
+            // Reading a moderately oversized body before answering lets the
+            // client finish sending and see the 413 instead of a reset
+            // connection; a huge one is cut off at once.
+            if length <= DRAIN_LIMIT_BYTES {
+                let _ = request.take_body().into_bytes_limit(DRAIN_LIMIT_BYTES).await;
+            }
+            return too_large();
+        }
         Some(_) => {}
         None if request.headers().contains_key(poem::http::header::TRANSFER_ENCODING) => {
             match request.take_body().into_bytes_limit(MAX_BODY_BYTES).await {
