@@ -600,9 +600,7 @@ impl AgentService {
         F: for<'a> FnOnce(
             &'a crate::plugins::bindings::runtime::Runtime,
             &'a mut wasmtime::Store<crate::plugins::PluginState>,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = wasmtime::Result<Result<T, crate::plugins::GuestError>>> + Send + 'a>,
-        >,
+        ) -> crate::plugins::GuestCall<'a, T>,
         T: Send,
     {
         let grant = ProcessGrant {

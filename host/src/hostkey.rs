@@ -4,8 +4,8 @@
 //! gateway token an agent's plan asks for, so those values are stable across
 //! restarts without being stored anywhere.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+#[cfg(test)]
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
@@ -28,8 +28,7 @@ pub struct HostKey {
 
 impl HostKey {
     /// Reads the key file, creating it with mode 0600 on first start. A new
-    /// key is written to a temporary file, synced and renamed into place, so
-    /// a crash never leaves a partial key.
+    /// key is written atomically, so a crash never leaves a partial key.
     pub fn load_or_create(path: &Path) -> Result<HostKey, HostKeyError> {
         let io_error = |action, source| HostKeyError::Io { action, path: path.to_path_buf(), source };
         match std::fs::read(path) {
@@ -46,17 +45,7 @@ impl HostKey {
 
         let mut key = [0u8; KEY_LEN];
         rand::rng().fill_bytes(&mut key);
-        let staging = path.with_extension("key.tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&staging)
-            .map_err(|error| io_error("create", error))?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|error| io_error("protect", error))?;
-        file.write_all(&key).and_then(|()| file.sync_all()).map_err(|error| io_error("write", error))?;
-        std::fs::rename(&staging, path).map_err(|error| io_error("install", error))?;
+        crate::fsutil::write_private_file(path, &key).map_err(|error| io_error("write", error))?;
         tracing::info!(path = %path.display(), "created a new host key");
         Ok(HostKey { key })
     }

@@ -9,6 +9,7 @@ pub mod app;
 pub mod auth;
 pub mod blobs;
 pub mod config;
+pub mod fsutil;
 pub mod hostkey;
 pub mod ids;
 pub mod plugins;

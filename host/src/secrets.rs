@@ -16,7 +16,7 @@
 //! decryption.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -155,8 +155,7 @@ fn read_identity_file(path: &Path) -> Result<x25519::Identity, SecretError> {
     parse_identity(&text, &looked_at)
 }
 
-/// Writes an identity file with mode 0600 through a temporary file, fsync
-/// and rename, so a crash leaves either no file or a whole one.
+/// Writes an identity file with mode 0600, atomically.
 fn write_identity_file(path: &Path, identity: &x25519::Identity) -> Result<(), SecretError> {
     let write_error = |source| SecretError::WriteIdentity { path: path.to_path_buf(), source };
     let contents = format!(
@@ -165,21 +164,7 @@ fn write_identity_file(path: &Path, identity: &x25519::Identity) -> Result<(), S
         identity.to_public(),
         identity.to_string().expose_secret()
     );
-    let staging = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&staging)
-        .map_err(write_error)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(write_error)?;
-    file.write_all(contents.as_bytes()).and_then(|()| file.sync_all()).map_err(write_error)?;
-    std::fs::rename(&staging, path).map_err(write_error)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(write_error)?;
-    }
-    Ok(())
+    crate::fsutil::write_private_file(path, contents.as_bytes()).map_err(write_error)
 }
 
 impl Keyring {

@@ -48,6 +48,10 @@ const MAX_CONCURRENT_CALLS: u32 = 48;
 /// Bytes of a plugin's stderr quoted in a trap report.
 const STDERR_IN_ERRORS: usize = 1024;
 
+/// The future of one guest call made by a closure passed to the host.
+pub type GuestCall<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = wasmtime::Result<Result<T, GuestError>>> + Send + 'a>>;
+
 /// Failure of a plugin call. The host-side cases (trap, timeout, memory) are
 /// kept apart from an error the plugin returned on purpose.
 #[derive(Debug, thiserror::Error)]
@@ -337,12 +341,7 @@ impl PluginHost {
         call: F,
     ) -> (Result<T, PluginError>, Option<StorageSession>)
     where
-        F: for<'a> FnOnce(
-            &'a Storage,
-            &'a mut Store<PluginState>,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = wasmtime::Result<Result<T, GuestError>>> + Send + 'a>,
-        >,
+        F: for<'a> FnOnce(&'a Storage, &'a mut Store<PluginState>) -> GuestCall<'a, T>,
         T: Send,
     {
         let Prepared::Storage(pre) = &plugin.prepared else {
@@ -429,12 +428,7 @@ impl PluginHost {
         call: F,
     ) -> Result<T, PluginError>
     where
-        F: for<'a> FnOnce(
-            &'a Runtime,
-            &'a mut Store<PluginState>,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = wasmtime::Result<Result<T, GuestError>>> + Send + 'a>,
-        >,
+        F: for<'a> FnOnce(&'a Runtime, &'a mut Store<PluginState>) -> GuestCall<'a, T>,
         T: Send,
     {
         let Prepared::Runtime(pre) = &plugin.prepared else {
