@@ -41,7 +41,7 @@ pub enum ScheduleError {
     Store(#[from] StoreError),
 }
 
-/// What a schedule does when it fires.
+/// Action a schedule runs when it fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Backup,
@@ -108,7 +108,7 @@ pub fn parse_cron(expression: &str) -> Result<(Cron, String), ScheduleError> {
     Ok((cron, format!("0 {}", fields.join(" "))))
 }
 
-/// The next firing of `expression` after now, in milliseconds.
+/// Computes the next firing of `expression` after now, in milliseconds.
 pub fn next_run(expression: &str) -> Option<i64> {
     let (cron, _) = parse_cron(expression).ok()?;
     // Firings are whole seconds; croner keeps the sub-second part of the start.

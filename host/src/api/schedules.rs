@@ -14,7 +14,7 @@ pub struct SchedulesApi {
     pub state: Arc<ApiState>,
 }
 
-/// What a schedule does when it fires.
+/// Action a schedule runs when it fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum ScheduleAction {
