@@ -206,3 +206,19 @@ async fn real_cron_fires_once_across_two_hosts() {
     let store = agentstead::store::Store::open_sqlite(&server.data_dir.path().join("agentstead.db")).await.unwrap();
     assert_eq!(store.schedule_run_count(&schedule_id).await.unwrap(), 1, "two hosts claimed one firing twice");
 }
+
+#[tokio::test]
+async fn deleting_an_agent_deletes_its_schedules() {
+    let server = Server::start().await;
+    let token = server.user_with_token("ops@example.com");
+    let id = deploy(&server, &token).await;
+    let schedule = create(&server, &token, &id, json!({"name": "n", "cron": "* * * * *", "action": "restart"})).await;
+    let schedule_id = schedule["id"].as_str().unwrap();
+
+    let (status, _) = server.delete(&token, &format!("/api/agents/{id}")).await;
+    assert_eq!(status, 204);
+    let (status, _) = server.get(&token, &format!("/api/agents/{id}/schedules")).await;
+    assert_eq!(status, 404);
+    let store = agentstead::store::Store::open_sqlite(&server.data_dir.path().join("agentstead.db")).await.unwrap();
+    assert!(store.schedule(schedule_id).await.unwrap().is_none(), "the schedule row outlived its agent");
+}
