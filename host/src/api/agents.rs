@@ -65,6 +65,7 @@ pub struct Agent {
     public_url: String,
     created_at: Timestamp,
     /// **Extension.** Why the agent is in `ERROR`; null otherwise.
+    #[oai(nullable)]
     status_message: Option<String>,
     /// **Extension.** Last change of status or configuration.
     updated_at: Timestamp,
@@ -106,6 +107,7 @@ pub struct DeployRequest {
     #[oai(validator(max_length = 64))]
     region: String,
     /// **Extension.** A label of 1 to 64 characters; defaults to the id.
+    #[oai(nullable)]
     name: Option<String>,
 }
 
@@ -147,9 +149,12 @@ pub struct ProbeResult {
     /// The URL the host requested.
     url: String,
     /// HTTP status of the answer; null when none arrived.
+    #[oai(nullable)]
     http_status: Option<u16>,
+    #[oai(nullable)]
     latency_ms: Option<u64>,
     /// Why the probe failed; null when it passed.
+    #[oai(nullable)]
     error: Option<String>,
 }
 
@@ -158,7 +163,9 @@ pub struct ProbeResult {
 pub struct TaskDiagnostics {
     state: TaskStateName,
     /// Process id or process group id, when the runtime has one.
+    #[oai(nullable)]
     pid: Option<u32>,
+    #[oai(nullable)]
     exit_code: Option<i32>,
     oom_killed: bool,
     message: String,
@@ -172,6 +179,7 @@ pub struct AgentHealth {
     healthy: bool,
     status: AgentStatusName,
     /// Why the agent is in `ERROR`; null otherwise.
+    #[oai(nullable)]
     status_message: Option<String>,
     checked_at: Timestamp,
     probe: ProbeResult,

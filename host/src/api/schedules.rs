@@ -52,12 +52,16 @@ pub struct Schedule {
     action: ScheduleAction,
     enabled: bool,
     /// **Extension.** The next firing; null while the schedule is disabled.
+    #[oai(nullable)]
     next_run_at: Option<Timestamp>,
     /// **Extension.** Start of the last run; null if it never ran.
+    #[oai(nullable)]
     last_run_at: Option<Timestamp>,
     /// **Extension.** Outcome of the last run.
+    #[oai(nullable)]
     last_status: Option<RunStatus>,
     /// **Extension.** Why the last run failed; null after a success.
+    #[oai(nullable)]
     last_error: Option<String>,
     /// **Extension.**
     created_at: Timestamp,
@@ -80,15 +84,20 @@ pub struct CreateScheduleRequest {
     cron: String,
     action: ScheduleAction,
     /// Whether the schedule is active; default true.
+    #[oai(nullable)]
     enabled: Option<bool>,
 }
 
 #[derive(Object)]
 #[oai(deny_unknown_fields)]
 pub struct UpdateScheduleRequest {
+    #[oai(nullable)]
     name: Option<String>,
+    #[oai(nullable)]
     cron: Option<String>,
+    #[oai(nullable)]
     action: Option<ScheduleAction>,
+    #[oai(nullable)]
     enabled: Option<bool>,
 }
 

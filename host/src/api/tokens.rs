@@ -55,8 +55,10 @@ pub struct Token {
     scopes: Vec<ScopeName>,
     /// Last successful authentication; null if never used. Updated within
     /// `auth.last_used_flush_secs` of a use.
+    #[oai(nullable)]
     last_used_at: Option<Timestamp>,
     /// Null for a token that does not expire.
+    #[oai(nullable)]
     expires_at: Option<Timestamp>,
     created_at: Timestamp,
 }
@@ -76,6 +78,7 @@ pub struct CreateTokenRequest {
     #[oai(validator(min_items = 1, max_items = 3))]
     scopes: Vec<ScopeName>,
     /// Optional expiry; omit for a token that does not expire. Must be in the future.
+    #[oai(nullable)]
     expires_at: Option<Timestamp>,
 }
 
