@@ -398,3 +398,16 @@ async fn s3_store_uploads_in_parts_and_signs_downloads() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(std::fs::read_to_string(root.join("small.txt")).unwrap(), "small\n", "restore from S3");
 }
+
+#[tokio::test]
+async fn deleting_an_agent_deletes_its_archives() {
+    let server = Server::start().await;
+    let token = server.user_with_token("ops@example.com");
+    let id = deploy(&server, &token).await;
+    let backup_id = backup(&server, &token, &id).await["id"].as_str().unwrap().to_string();
+    assert!(object_path(&server, &backup_id).exists());
+
+    let (status, _) = server.delete(&token, &format!("/api/agents/{id}")).await;
+    assert_eq!(status, 204);
+    assert!(!object_path(&server, &backup_id).exists(), "the archive outlived its agent");
+}

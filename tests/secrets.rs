@@ -165,6 +165,7 @@ async fn an_agent_holds_at_most_100_secrets() {
     }
     let (status, body) = server.post(&token, &path, json!({"key": "KEY_100", "value": "v"})).await;
     assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "too_many_secrets", "{body}");
     assert!(body["message"].as_str().unwrap().contains("100"), "{body}");
     let (status, _) = server.post(&token, &path, json!({"key": "KEY_7", "value": "replaced"})).await;
     assert_eq!(status, 200, "replacing an existing key stays possible");
@@ -181,6 +182,7 @@ async fn zeroclaw_rejects_unknown_zeroclaw_variables() {
 
     let (status, body) = server.post(&token, &path, json!({"key": "ZEROCLAW_SOMETHING", "value": "v"})).await;
     assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "reserved_secret_key", "{body}");
     assert!(body["message"].as_str().unwrap().contains("ZEROCLAW_SOMETHING"), "{body}");
     let (status, _) = server.post(&token, &path, json!({"key": "ANTHROPIC_API_KEY", "value": "v"})).await;
     assert_eq!(status, 201);

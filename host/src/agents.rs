@@ -74,6 +74,8 @@ pub enum AgentError {
     Backup(#[from] BackupError),
     #[error("secret key `{key}` is reserved: {reason}")]
     ReservedSecret { key: String, reason: String },
+    #[error("agent {agent_id} already has {max} secrets, the maximum; delete one before adding `{key}`")]
+    TooManySecrets { agent_id: String, key: String, max: i64 },
     #[error("agent {agent_id} has no secret `{key}`")]
     SecretNotFound { agent_id: String, key: String },
     #[error("{action} {path}: {source}")]
@@ -372,6 +374,9 @@ impl AgentService {
         self.take_down(&agent).await?;
         if let Some(handle) = agent.handle.clone() {
             self.runtime_destroy(&agent, handle).await?;
+        }
+        for backup in self.store.backups_of(agent_id).await? {
+            self.remove_backup(&backup).await?;
         }
         self.store.delete_agent(agent_id).await?;
         let dirs = AgentDirs::new(&self.config, agent_id);

@@ -27,7 +27,7 @@ struct GlobalArgs {
     /// TOML configuration file; every setting has a default.
     #[arg(long, global = true, env = "AGENTSTEAD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Data directory: database, workspaces, logs and host key. Overrides `data_dir` in the config file.
+    /// Data directory: database, workspaces, logs, keys and local backups. Overrides `data_dir` in the config file.
     #[arg(long, global = true, env = "AGENTSTEAD_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
 }
@@ -141,7 +141,7 @@ fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTSTEAD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,poem=warn,wasmtime=warn,cranelift=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn,tokio_cron_scheduler=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -176,10 +176,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             create_token(&config, &email, &name, &scopes, expires_at.as_deref()).await
         }
         Command::Secrets { command: SecretsCommand::RotateKey } => {
+            let database = config.database_path();
+            if !database.exists() {
+                bail!("no database at {}; point --data-dir or --config at the server's data directory", database.display());
+            }
             let store = open_store(&config).await?;
             let keyring = Keyring::open(config.key_source())?;
             let count = keyring.rotate(&store).await?;
-            eprintln!("re-encrypted {count} secret values to a new age identity");
+            let values = if count == 1 { "1 secret value".to_string() } else { format!("{count} secret values") };
+            eprintln!("re-encrypted {values} to a new age identity; back up the new key file");
             Ok(())
         }
     }

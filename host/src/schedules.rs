@@ -88,9 +88,17 @@ pub fn parse_cron(expression: &str) -> Result<(Cron, String), ScheduleError> {
     };
     let fields: Vec<&str> = five.split_whitespace().collect();
     if fields.len() != 5 {
+        let count = match fields.len() {
+            1 => "1 field".to_string(),
+            n => format!("{n} fields"),
+        };
         return Err(ScheduleError::InvalidCron(format!(
-            "`{trimmed}` has {} fields; write 5: minute hour day-of-month month day-of-week, such as `0 2 * * *`",
-            fields.len()
+            "`{trimmed}` has {count}; write 5: minute hour day-of-month month day-of-week, such as `0 2 * * *`"
+        )));
+    }
+    if let Some(field) = fields.iter().find(|field| field.contains(['L', 'W', '#', 'l', 'w'])) {
+        return Err(ScheduleError::InvalidCron(format!(
+            "`{trimmed}` uses `{field}`; the L, W and # extensions are not standard cron"
         )));
     }
     let unrestricted = |field: &str| field == "*" || field == "?";
@@ -102,9 +110,15 @@ pub fn parse_cron(expression: &str) -> Result<(Cron, String), ScheduleError> {
         )));
     }
     let parser = CronParser::builder().seconds(Seconds::Disallowed).dom_and_dow(false).build();
-    let cron = parser
-        .parse(&fields.join(" "))
-        .map_err(|error| ScheduleError::InvalidCron(format!("`{trimmed}`: {error}")))?;
+    let cron = parser.parse(&fields.join(" ")).map_err(|error| {
+        ScheduleError::InvalidCron(format!(
+            "`{trimmed}`: {error}; the fields take minute 0-59, hour 0-23, day of month 1-31, month 1-12 or JAN-DEC, \
+             day of week 0-7 or SUN-SAT"
+        ))
+    })?;
+    if cron.find_next_occurrence(&Utc::now(), false).is_err() {
+        return Err(ScheduleError::InvalidCron(format!("`{trimmed}` never fires, such as on a day a month does not have")));
+    }
     Ok((cron, format!("0 {}", fields.join(" "))))
 }
 
@@ -387,6 +401,9 @@ mod tests {
             ("0 0 1 * MON", "both"),
             ("@fortnightly", "shorthand"),
             ("", "0 fields"),
+            ("bogus", "1 field;"),
+            ("0 0 L * *", "not standard"),
+            ("0 0 31 2 *", "never fires"),
         ];
         for (expression, reason) in cases {
             let error = parse_cron(expression).err().unwrap_or_else(|| panic!("{expression:?} was accepted")).to_string();

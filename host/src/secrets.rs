@@ -235,8 +235,8 @@ impl Keyring {
     pub async fn rotate(&self, store: &Store) -> Result<usize, SecretError> {
         let KeySource::File { path, .. } = &self.source else {
             return Err(SecretError::Rotate(format!(
-                "the identity comes from {IDENTITY_ENV}; generate a new one with `age-keygen`, re-encrypting needs both, \
-                 so rotate with key files instead"
+                "rotation needs key files, and {IDENTITY_ENV} is set; unset it and keep the identity in \
+                 secrets.identity_file or age.key in the data directory"
             )));
         };
         let old = self.current()?.identities.clone();

@@ -24,8 +24,8 @@ pub enum BackupError {
     #[error("backup `{0}` not found")]
     NotFound(String),
     #[error(
-        "the backup quota of {quota} bytes is used up: complete backups hold {used} bytes{needed}; \
-         delete or unpin old backups (oldest unpinned: {deletable}) or raise backups.quota_bytes"
+        "the backup quota is exceeded: backups use {used} of {quota} bytes{needed}. Delete backups to free \
+         space ({deletable}), or raise backups.quota_bytes"
     )]
     Quota { quota: u64, used: u64, needed: String, deletable: String },
     #[error("the archive was rejected, and the workspace is unchanged: {0}")]
@@ -72,12 +72,16 @@ impl AgentService {
             unpinned.extend(backups.into_iter().filter(|backup| !backup.pinned));
         }
         unpinned.sort_by_key(|backup| backup.created_at);
-        let listed: Vec<String> = unpinned.iter().take(3).map(|b| format!("{} of {} ({} bytes)", b.id, b.agent_id, b.size)).collect();
-        if listed.is_empty() { "none".into() } else { listed.join(", ") }
+        let listed: Vec<String> = unpinned.iter().take(3).map(|b| format!("{} of {}, {} bytes", b.id, b.agent_id, b.size)).collect();
+        if listed.is_empty() {
+            "every backup is pinned: unpin one, then delete it".into()
+        } else {
+            format!("oldest unpinned: {}", listed.join("; "))
+        }
     }
 
     async fn quota_error(&self, user_id: &str, used: u64, needed: Option<u64>) -> AgentError {
-        let needed = needed.map(|size| format!(" and this backup needs {size}")).unwrap_or_default();
+        let needed = needed.map(|size| format!(", and this backup needs {size} more")).unwrap_or_default();
         AgentError::Backup(BackupError::Quota {
             quota: self.config.backups.quota_bytes,
             used,
@@ -187,7 +191,7 @@ impl AgentService {
         }
     }
 
-    async fn remove_backup(&self, backup: &BackupRow) -> Result<(), AgentError> {
+    pub(super) async fn remove_backup(&self, backup: &BackupRow) -> Result<(), AgentError> {
         if let Some(object) = &backup.object {
             self.delete_object(&self.config.backups.plugin, object).await;
         }

@@ -6,7 +6,7 @@
 //! names alone. A change takes effect at the next start, restart or redeploy.
 
 use super::{AgentDirs, AgentError, AgentService, deploy_context};
-use crate::plugins::{EnvVar, LaunchPlan};
+use crate::plugins::{EnvVar, GuestErrorMessage, LaunchPlan, PluginError};
 use crate::secrets::{self, MAX_SECRETS_PER_AGENT};
 use crate::store::{AgentRow, SecretRow, StoreError};
 
@@ -77,9 +77,15 @@ impl AgentService {
         Ok(rows)
     }
 
-    /// Creates or replaces a secret; returns true when the key is new, and
-    /// the agent as it is now.
-    pub async fn set_secret(&self, user_id: &str, agent_id: &str, key: &str, value: &str) -> Result<(bool, AgentRow), AgentError> {
+    /// Creates or replaces a secret. Returns true when the key is new, the
+    /// agent as it is now, and the stored change time.
+    pub async fn set_secret(
+        &self,
+        user_id: &str,
+        agent_id: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(bool, AgentRow, i64), AgentError> {
         let agent = self.get(user_id, agent_id).await?;
         secrets::validate_key(key)?;
         secrets::validate_value(key, value)?;
@@ -88,17 +94,19 @@ impl AgentService {
         let ciphertext = self.keyring.encrypt(value)?;
         let created = match self.store.put_secret(agent_id, key, &ciphertext, MAX_SECRETS_PER_AGENT).await {
             Ok(created) => created,
-            Err(StoreError::Limit { what }) => {
-                return Err(AgentError::ReservedSecret {
+            Err(StoreError::Limit { .. }) => {
+                return Err(AgentError::TooManySecrets {
+                    agent_id: agent_id.to_string(),
                     key: key.to_string(),
-                    reason: format!("{what}; delete one before adding `{key}`"),
+                    max: MAX_SECRETS_PER_AGENT,
                 });
             }
             Err(error) => return Err(error.into()),
         };
         tracing::info!(agent_id, key, created, "secret stored");
         let agent = self.get(user_id, agent_id).await?;
-        Ok((created, agent))
+        let updated_at = agent.secrets_changed_at.unwrap_or_default();
+        Ok((created, agent, updated_at))
     }
 
     pub async fn delete_secret(&self, user_id: &str, agent_id: &str, key: &str) -> Result<(), AgentError> {
@@ -127,7 +135,14 @@ impl AgentService {
         let port = u16::try_from(agent.port).unwrap_or_default();
         let dirs = AgentDirs::new(&self.config, &agent.id);
         let context = deploy_context(&agent.id, &agent.name, &agent.region, port, &runtime, &driver, &dirs, names);
-        let plan = self.plugins.plan(&driver, &context).await?;
+        let plan = match self.plugins.plan(&driver, &context).await {
+            Ok(plan) => plan,
+            // The driver rejects the name itself, as ZeroClaw's does for `ZEROCLAW_*`.
+            Err(PluginError::Returned { error: GuestErrorMessage::InvalidInput(reason), .. }) => {
+                return Err(AgentError::ReservedSecret { key: key.to_string(), reason });
+            }
+            Err(error) => return Err(error.into()),
+        };
         match reserved_reason(key, &plan) {
             Some(reason) => Err(AgentError::ReservedSecret { key: key.to_string(), reason }),
             None => Ok(()),

@@ -128,13 +128,13 @@ impl BackupsApi {
     ///
     /// Scope required: full. Returns a signed download URL for the backup
     /// archive, valid for `backups.download_ttl_secs` (15 minutes by default).
-    #[oai(path = "/api/agents/:id/workspace/backups/:backup_id/download", method = "get", operation_id = "downloadBackup")]
+    #[oai(path = "/api/agents/:id/workspace/backups/:backupId/download", method = "get", operation_id = "downloadBackup")]
     async fn download(
         &self,
         credentials: Credentials,
         request: &Request,
         id: Path<String>,
-        backup_id: Path<String>,
+        #[oai(name = "backupId")] backup_id: Path<String>,
     ) -> Result<Json<DownloadLinkBody>, ApiError> {
         let caller = self.state.authorize(&credentials, request, Scope::Full).await?;
         let link = self.state.agents.download_link(&caller.user_id, &id, &backup_id, &base_url(&self.state, request)).await?;
@@ -145,13 +145,13 @@ impl BackupsApi {
     ///
     /// Scope required: deploy. Pins or unpins a backup; a pinned backup is
     /// never deleted by automatic cleanup.
-    #[oai(path = "/api/agents/:id/workspace/backups/:backup_id/pin", method = "patch", operation_id = "pinBackup")]
+    #[oai(path = "/api/agents/:id/workspace/backups/:backupId/pin", method = "patch", operation_id = "pinBackup")]
     async fn pin(
         &self,
         credentials: Credentials,
         request: &Request,
         id: Path<String>,
-        backup_id: Path<String>,
+        #[oai(name = "backupId")] backup_id: Path<String>,
         body: Json<PinRequest>,
     ) -> Result<Json<Backup>, ApiError> {
         let caller = self.state.authorize(&credentials, request, Scope::Deploy).await?;
@@ -162,13 +162,13 @@ impl BackupsApi {
     /// Delete backup
     ///
     /// Scope required: deploy. Permanently deletes a backup and frees its quota.
-    #[oai(path = "/api/agents/:id/workspace/backups/:backup_id", method = "delete", operation_id = "deleteBackup")]
+    #[oai(path = "/api/agents/:id/workspace/backups/:backupId", method = "delete", operation_id = "deleteBackup")]
     async fn delete(
         &self,
         credentials: Credentials,
         request: &Request,
         id: Path<String>,
-        backup_id: Path<String>,
+        #[oai(name = "backupId")] backup_id: Path<String>,
     ) -> Result<DeleteBackupResponse, ApiError> {
         let caller = self.state.authorize(&credentials, request, Scope::Deploy).await?;
         self.state.agents.delete_backup(&caller.user_id, &id, &backup_id).await?;
@@ -182,13 +182,13 @@ impl BackupsApi {
     /// again if it was running. An archive with absolute paths, `..`, links
     /// leaving the workspace, device files or more than
     /// `backups.max_restore_bytes` of content is rejected and changes nothing.
-    #[oai(path = "/api/agents/:id/workspace/backups/:backup_id/restore", method = "post", operation_id = "restoreBackup")]
+    #[oai(path = "/api/agents/:id/workspace/backups/:backupId/restore", method = "post", operation_id = "restoreBackup")]
     async fn restore(
         &self,
         credentials: Credentials,
         request: &Request,
         id: Path<String>,
-        backup_id: Path<String>,
+        #[oai(name = "backupId")] backup_id: Path<String>,
     ) -> Result<Json<RestoredAgent>, ApiError> {
         let caller = self.state.authorize(&credentials, request, Scope::Deploy).await?;
         let agent = self.state.agents.restore_backup(&caller.user_id, &id, &backup_id).await?;

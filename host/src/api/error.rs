@@ -137,6 +137,7 @@ impl From<AgentError> for ApiError {
             AgentError::InvalidPlan(_) | AgentError::Startup(_) => ApiError::BadGateway(body("plugin_failed", message)),
             AgentError::Plugin(plugin) => plugin.into(),
             AgentError::ReservedSecret { .. } => ApiError::bad_request("reserved_secret_key", message),
+            AgentError::TooManySecrets { .. } => ApiError::bad_request("too_many_secrets", message),
             AgentError::SecretNotFound { .. } => ApiError::not_found(message),
             AgentError::Secret(SecretError::InvalidKey { .. }) => ApiError::bad_request("invalid_secret_key", message),
             AgentError::Secret(SecretError::InvalidValue { .. }) => ApiError::bad_request("invalid_secret_value", message),

@@ -168,13 +168,13 @@ impl SchedulesApi {
     ///
     /// Scope required: deploy. Partial update: send only the fields you want
     /// to change. `enabled: false` stops the schedule from firing at once.
-    #[oai(path = "/api/agents/:id/schedules/:schedule_id", method = "patch", operation_id = "updateSchedule")]
+    #[oai(path = "/api/agents/:id/schedules/:scheduleId", method = "patch", operation_id = "updateSchedule")]
     async fn update(
         &self,
         credentials: Credentials,
         request: &Request,
         id: Path<String>,
-        schedule_id: Path<String>,
+        #[oai(name = "scheduleId")] schedule_id: Path<String>,
         body: Json<UpdateScheduleRequest>,
     ) -> Result<Json<Schedule>, ApiError> {
         let caller = self.state.authorize(&credentials, request, Scope::Deploy).await?;
@@ -187,13 +187,13 @@ impl SchedulesApi {
     /// Delete schedule
     ///
     /// Scope required: deploy.
-    #[oai(path = "/api/agents/:id/schedules/:schedule_id", method = "delete", operation_id = "deleteSchedule")]
+    #[oai(path = "/api/agents/:id/schedules/:scheduleId", method = "delete", operation_id = "deleteSchedule")]
     async fn delete(
         &self,
         credentials: Credentials,
         request: &Request,
         id: Path<String>,
-        schedule_id: Path<String>,
+        #[oai(name = "scheduleId")] schedule_id: Path<String>,
     ) -> Result<DeleteScheduleResponse, ApiError> {
         let caller = self.state.authorize(&credentials, request, Scope::Deploy).await?;
         self.state.schedules.delete(&caller.user_id, &id, &schedule_id).await?;
@@ -204,13 +204,13 @@ impl SchedulesApi {
     ///
     /// **Extension.** Scope required: deploy. Runs the schedule's action at
     /// once, as a firing would, and returns the schedule with the result.
-    #[oai(path = "/api/agents/:id/schedules/:schedule_id/run", method = "post", operation_id = "runSchedule")]
+    #[oai(path = "/api/agents/:id/schedules/:scheduleId/run", method = "post", operation_id = "runSchedule")]
     async fn run(
         &self,
         credentials: Credentials,
         request: &Request,
         id: Path<String>,
-        schedule_id: Path<String>,
+        #[oai(name = "scheduleId")] schedule_id: Path<String>,
     ) -> Result<Json<Schedule>, ApiError> {
         let caller = self.state.authorize(&credentials, request, Scope::Deploy).await?;
         let row = self.state.schedules.run_now(&caller.user_id, &id, &schedule_id).await?;

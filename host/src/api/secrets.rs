@@ -94,8 +94,9 @@ impl SecretsApi {
         body: Json<SetSecretRequest>,
     ) -> Result<SetSecretResponse, ApiError> {
         let caller = self.state.authorize(&credentials, request, Scope::Full).await?;
-        let (created, agent) = self.state.agents.set_secret(&caller.user_id, &id, &body.key, body.value.expose()).await?;
-        let secret = SecretKey { key: body.0.key, updated_at: Timestamp(chrono::Utc::now()) };
+        let (created, agent, updated_at) =
+            self.state.agents.set_secret(&caller.user_id, &id, &body.key, body.value.expose()).await?;
+        let secret = SecretKey { key: body.0.key, updated_at: Timestamp::from_ms(updated_at) };
         let saved = Json(SecretSaved { secret, agent: agent_to_api(&self.state, agent) });
         Ok(if created { SetSecretResponse::Created(saved) } else { SetSecretResponse::Replaced(saved) })
     }
