@@ -114,6 +114,10 @@ async fn tampered_or_expired_links_get_403() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let response = server.http.get(&url).send().await.unwrap();
     assert_eq!(response.status(), 403, "the link outlived its 1 s lifetime");
+
+    let token_part = url.rsplit('/').next().unwrap();
+    assert!(server.log().contains("/api/backup-downloads/<token>"), "requests are logged");
+    assert!(!server.log().contains(token_part), "the server log contains a download token");
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use poem::http::StatusCode;
 use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::middleware::{CatchPanic, Tracing};
+use poem::middleware::CatchPanic;
 use poem::{Body, Endpoint, EndpointExt, Request, Route, Server};
 
 use crate::agents::AgentService;
@@ -121,7 +121,7 @@ impl App {
                 ApiError::internal(&"a request handler panicked")
             }))
             .around(api::json_errors)
-            .with(Tracing)
+            .around(log_request)
     }
 
     /// Starts the background loops and serves until SIGINT or SIGTERM.
@@ -208,6 +208,30 @@ async fn limit_body<E: Endpoint>(next: E, mut request: Request) -> poem::Result<
         None => {}
     }
     Ok(next.call(request).await?.into_response())
+}
+
+/// Logs one line per request: method, path, status and duration. The token
+/// of a signed download path is replaced, because it grants access.
+async fn log_request<E: Endpoint>(next: E, request: Request) -> poem::Result<poem::Response> {
+    use poem::IntoResponse;
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path();
+    let path = match path.strip_prefix("/api/backup-downloads/") {
+        Some(_) => "/api/backup-downloads/<token>".to_string(),
+        None => path.to_string(),
+    };
+    let remote = request.remote_addr().to_string();
+    let response = next.call(request).await?.into_response();
+    tracing::info!(
+        %method,
+        path,
+        remote,
+        status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    Ok(response)
 }
 
 async fn shutdown_signal() {
