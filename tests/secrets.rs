@@ -241,3 +241,27 @@ async fn unreadable_identity_stops_the_server_before_it_listens() {
     assert!(stderr.contains("age.key"), "{stderr}");
     assert!(stderr.contains("AGE-SECRET-KEY-1"), "{stderr}");
 }
+
+#[tokio::test]
+async fn generated_credentials_match_the_agents_environment() {
+    let server = Server::start().await;
+    let token = server.user_with_token("ops@example.com");
+    let deploy = server.create_token("ops@example.com", "read,deploy");
+    let other = server.user_with_token("other@example.com");
+    let id = deploy_testkit(&server, &token).await;
+    let path = format!("/api/agents/{id}/credentials");
+
+    let (status, body) = server.get(&token, &path).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["values"][0]["name"], "TESTKIT_TOKEN", "{body}");
+    let value = body["values"][0]["value"].as_str().unwrap();
+    assert_eq!(value.len(), 64, "{body}");
+    let pid = pid_of(&server, &token, &id).await;
+    assert!(environ(pid).contains(&format!("TESTKIT_TOKEN={value}")), "the agent runs with another value");
+    assert!(!server.log().contains(value), "the server log contains a generated credential");
+
+    let (status, _) = server.get(&deploy, &path).await;
+    assert_eq!(status, 403);
+    let (status, _) = server.get(&other, &path).await;
+    assert_eq!(status, 404);
+}

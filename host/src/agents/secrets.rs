@@ -118,30 +118,50 @@ impl AgentService {
         Ok(())
     }
 
-    /// Asks the agent's driver for a plan that includes `key` among the
-    /// secret names, and rejects names the runtime, the plan or the driver
-    /// claim. The driver may also reject the name itself, as ZeroClaw's does
-    /// for `ZEROCLAW_*`.
-    async fn check_secret_name(&self, agent: &AgentRow, key: &str) -> Result<(), AgentError> {
+    /// Returns the values the host generates for the agent's plan, such as
+    /// OpenClaw's gateway token, which clients of the agent itself need.
+    pub async fn generated_values(&self, user_id: &str, agent_id: &str) -> Result<Vec<(String, String)>, AgentError> {
+        let agent = self.get(user_id, agent_id).await?;
+        let plan = self.current_plan(&agent, None).await?;
+        Ok(plan
+            .generated_env
+            .iter()
+            .map(|name| (name.clone(), self.host_key.derive("generated-env", &[&agent.id, name])))
+            .collect())
+    }
+
+    /// The driver's plan for the agent as it stands, with `extra_secret`
+    /// added to the secret names if given.
+    async fn current_plan(&self, agent: &AgentRow, extra_secret: Option<&str>) -> Result<LaunchPlan, AgentError> {
         let driver = self.plugins.agent_type(&agent.agent_type).ok_or_else(|| AgentError::InvalidAgentType {
             given: agent.agent_type.clone(),
             accepted: self.plugins.agent_types(),
         })?;
         let runtime = self.plugins.get(&agent.runtime)?;
         let mut names: Vec<String> = self.store.secrets(&agent.id).await?.into_iter().map(|row| row.key).collect();
-        if !names.iter().any(|name| name == key) {
-            names.push(key.to_string());
+        if let Some(key) = extra_secret {
+            if !names.iter().any(|name| name == key) {
+                names.push(key.to_string());
+            }
         }
         let port = u16::try_from(agent.port).unwrap_or_default();
         let dirs = AgentDirs::new(&self.config, &agent.id);
         let context = deploy_context(&agent.id, &agent.name, &agent.region, port, &runtime, &driver, &dirs, names);
-        let plan = match self.plugins.plan(&driver, &context).await {
+        Ok(self.plugins.plan(&driver, &context).await?)
+    }
+
+    /// Asks the agent's driver for a plan that includes `key` among the
+    /// secret names, and rejects names the runtime, the plan or the driver
+    /// claim. The driver may also reject the name itself, as ZeroClaw's does
+    /// for `ZEROCLAW_*`.
+    async fn check_secret_name(&self, agent: &AgentRow, key: &str) -> Result<(), AgentError> {
+        let plan = match self.current_plan(agent, Some(key)).await {
             Ok(plan) => plan,
             // The driver rejects the name itself, as ZeroClaw's does for `ZEROCLAW_*`.
-            Err(PluginError::Returned { error: GuestErrorMessage::InvalidInput(reason), .. }) => {
+            Err(AgentError::Plugin(PluginError::Returned { error: GuestErrorMessage::InvalidInput(reason), .. })) => {
                 return Err(AgentError::ReservedSecret { key: key.to_string(), reason });
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => return Err(error),
         };
         match reserved_reason(key, &plan) {
             Some(reason) => Err(AgentError::ReservedSecret { key: key.to_string(), reason }),

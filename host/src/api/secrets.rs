@@ -49,6 +49,19 @@ pub struct SecretSaved {
     agent: Agent,
 }
 
+/// A value the host generated for the agent.
+#[derive(Object)]
+pub struct GeneratedValue {
+    /// The environment variable the agent reads it from, such as `OPENCLAW_GATEWAY_TOKEN`.
+    name: String,
+    value: String,
+}
+
+#[derive(Object)]
+pub struct GeneratedValues {
+    values: Vec<GeneratedValue>,
+}
+
 #[derive(ApiResponse)]
 enum SetSecretResponse {
     /// A new secret was stored.
@@ -99,6 +112,20 @@ impl SecretsApi {
         let secret = SecretKey { key: body.0.key, updated_at: Timestamp::from_ms(updated_at) };
         let saved = Json(SecretSaved { secret, agent: agent_to_api(&self.state, agent) });
         Ok(if created { SetSecretResponse::Created(saved) } else { SetSecretResponse::Replaced(saved) })
+    }
+
+    /// Get generated credentials (extension)
+    ///
+    /// **Extension.** Scope required: full. Returns the values the host
+    /// generates for the agent type, such as OpenClaw's gateway token, which
+    /// clients of the agent itself need to authenticate. They are derived
+    /// from the host key, stable across restarts, and distinct from the
+    /// write-only secrets users set.
+    #[oai(path = "/api/agents/:id/credentials", method = "get", operation_id = "getAgentCredentials")]
+    async fn credentials(&self, credentials: Credentials, request: &Request, id: Path<String>) -> Result<Json<GeneratedValues>, ApiError> {
+        let caller = self.state.authorize(&credentials, request, Scope::Full).await?;
+        let values = self.state.agents.generated_values(&caller.user_id, &id).await?;
+        Ok(Json(GeneratedValues { values: values.into_iter().map(|(name, value)| GeneratedValue { name, value }).collect() }))
     }
 
     /// Delete secret
