@@ -190,9 +190,9 @@ async fn limit_body<E: Endpoint>(next: E, mut request: Request) -> poem::Result<
         .and_then(|value| value.parse::<usize>().ok());
     match declared {
         Some(length) if length > MAX_BODY_BYTES => {
-            // Reading a moderately oversized body before answering lets the
-            // client finish sending and see the 413 instead of a reset
-            // connection; a huge one is cut off at once.
+            // Reading a moderately oversized body before the response lets
+            // the client finish sending and see the 413 instead of a reset
+            // connection. A huge body is cut off at once.
             if length <= DRAIN_LIMIT_BYTES {
                 let _ = request.take_body().into_bytes_limit(DRAIN_LIMIT_BYTES).await;
             }

@@ -13,7 +13,7 @@ use crate::store::{AgentRow, SecretRow, StoreError};
 /// Names the runtime sets for every agent.
 const RUNTIME_NAMES: &[&str] = &["PATH", "HOME"];
 
-/// Why `key` cannot be a secret of an agent with this plan, if it cannot.
+/// Returns why `key` cannot be a secret of an agent with this plan, if it cannot.
 fn reserved_reason(key: &str, plan: &LaunchPlan) -> Option<String> {
     if RUNTIME_NAMES.contains(&key) {
         return Some("the runtime sets it for every agent".into());
@@ -61,7 +61,7 @@ pub(super) fn agent_env(
 }
 
 impl AgentService {
-    /// The agent's secrets, decrypted, ordered by key.
+    /// Decrypts the agent's secrets, ordered by key.
     pub(super) async fn secret_values(&self, agent_id: &str) -> Result<Vec<(String, String)>, AgentError> {
         let rows = self.store.secrets(agent_id).await?;
         rows.iter().map(|row| Ok((row.key.clone(), self.keyring.decrypt(row)?))).collect()
@@ -130,7 +130,7 @@ impl AgentService {
             .collect())
     }
 
-    /// The driver's plan for the agent as it stands, with `extra_secret`
+    /// Asks the driver for the agent's current plan, with `extra_secret`
     /// added to the secret names if given.
     async fn current_plan(&self, agent: &AgentRow, extra_secret: Option<&str>) -> Result<LaunchPlan, AgentError> {
         let driver = self.plugins.agent_type(&agent.agent_type).ok_or_else(|| AgentError::InvalidAgentType {

@@ -45,7 +45,7 @@ pub struct SetSecretRequest {
 #[derive(Object)]
 pub struct SecretSaved {
     secret: SecretKey,
-    /// The agent; `restartPending` tells whether a restart is needed to apply the change.
+    /// The agent; `restartPending` is true when a restart is needed to apply the change.
     agent: Agent,
 }
 
