@@ -254,14 +254,6 @@ impl AgentService {
         }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    pub fn plugins(&self) -> &PluginHost {
-        &self.plugins
-    }
-
     pub async fn list(&self, user_id: &str) -> Result<Vec<AgentRow>, AgentError> {
         Ok(self.store.agents_of(user_id).await?)
     }

@@ -115,10 +115,6 @@ impl Caller {
             Credential::Token { .. } => Err(AuthError::SessionRequired),
         }
     }
-
-    pub fn is_session(&self) -> bool {
-        matches!(self.credential, Credential::Session { .. })
-    }
 }
 
 /// A token as the API shows it: everything except the value.

@@ -201,13 +201,6 @@ impl Store {
             .await?)
     }
 
-    pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRow>> {
-        Ok(sqlx::query_as("SELECT id, email, password_hash, created_at FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
     pub async fn insert_session(&self, token_hash: &str, user_id: &str, expires_at: i64) -> Result<()> {
         sqlx::query("INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)")
             .bind(token_hash)

@@ -32,6 +32,8 @@ pub enum BackupError {
     Rejected(String),
     #[error("the download link is invalid or expired; request a new one")]
     BadLink,
+    #[error("the backup store failed: {0}")]
+    Storage(String),
 }
 
 /// A signed link to a backup archive.
@@ -220,10 +222,9 @@ impl AgentService {
         let backup = self.owned_backup(user_id, agent_id, backup_id).await?;
         let ttl = Duration::from_secs(self.config.backups.download_ttl_secs);
         let expires_at = now_ms() + ttl.as_millis() as i64;
-        let object = backup.object.clone().unwrap_or_default();
-        let path = self.blobs.plugin_path(&self.config.backups.plugin, &object).map_err(|error| AgentError::InvalidPlan(error.to_string()))?;
+        let path = self.archive_path(&backup)?;
         if let Some(signed) = self.blobs.signed_url(&path, ttl).await {
-            let url = signed.map_err(|error| AgentError::InvalidPlan(format!("signing the download URL failed: {error}")))?;
+            let url = signed.map_err(|error| BackupError::Storage(format!("signing the download URL failed: {error}")))?;
             return Ok(DownloadLink { url: url.to_string(), expires_at });
         }
         let signature = self.host_key.derive("backup-download", &[&backup.id, &expires_at.to_string()]);
@@ -249,9 +250,15 @@ impl AgentService {
 
     /// Opens the archive of a backup as a byte stream.
     pub async fn open_archive(&self, backup: &BackupRow) -> Result<object_store::GetResult, AgentError> {
-        let object = backup.object.clone().unwrap_or_default();
-        let path = self.blobs.plugin_path(&self.config.backups.plugin, &object).map_err(|error| AgentError::InvalidPlan(error.to_string()))?;
-        self.blobs.store().get(&path).await.map_err(|error| AgentError::InvalidPlan(format!("cannot read the archive: {error}")))
+        let path = self.archive_path(backup)?;
+        let archive = self.blobs.store().get(&path).await;
+        Ok(archive.map_err(|error| BackupError::Storage(format!("cannot read the archive {path}: {error}")))?)
+    }
+
+    fn archive_path(&self, backup: &BackupRow) -> Result<object_store::path::Path, AgentError> {
+        let object = backup.object.as_deref().unwrap_or_default();
+        let path = self.blobs.plugin_path(&self.config.backups.plugin, object);
+        Ok(path.map_err(|error| BackupError::Storage(error.to_string()))?)
     }
 
     /// Replaces the agent's workspace with a backup. The archive is

@@ -150,6 +150,10 @@ impl From<AgentError> for ApiError {
             AgentError::Backup(BackupError::Quota { .. }) => ApiError::InsufficientStorage(body("quota_exceeded", message)),
             AgentError::Backup(BackupError::Rejected(_)) => ApiError::bad_request("archive_rejected", message),
             AgentError::Backup(BackupError::BadLink) => ApiError::Forbidden(body("invalid_download_link", message)),
+            AgentError::Backup(BackupError::Storage(_)) => {
+                tracing::error!(%message, "backup store failed");
+                ApiError::BadGateway(body("backup_storage_failed", message))
+            }
             AgentError::Store(_) | AgentError::Io { .. } => ApiError::internal(&error),
         }
     }
