@@ -77,7 +77,7 @@ async fn openapi_covers_every_reference_operation() {
     for field in ["id", "name", "prefix", "scopes", "lastUsedAt", "expiresAt", "createdAt"] {
         assert!(token[field].is_object(), "Token lacks `{field}`");
     }
-    // The reference shows `"expiresAt": null`, so nullable fields must say so.
+    // The reference shows `"expiresAt": null`, so nullable fields must be declared nullable.
     assert_eq!(token["expiresAt"]["nullable"], true, "{}", token["expiresAt"]);
     assert_eq!(agent["statusMessage"]["nullable"], true, "{}", agent["statusMessage"]);
     let schemes = &spec["components"]["securitySchemes"];

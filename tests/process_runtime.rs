@@ -178,7 +178,7 @@ async fn host_restart_starts_dead_agent() {
     server.kill_agents();
     server.launch().await;
 
-    // The row still says ONLINE until the reconcile pass has run, so wait
+    // The row still shows ONLINE until the reconcile pass has run, so wait
     // for a running process other than the killed one.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let health = loop {

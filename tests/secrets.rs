@@ -8,7 +8,7 @@ use std::path::Path;
 use common::Server;
 use serde_json::{Value, json};
 
-/// A value that appears nowhere unless the host leaks it.
+/// Returns a value that appears nowhere unless the host leaks it.
 fn unique_value() -> String {
     format!("sk-ant-test-{}", std::process::id()) + &"q7".repeat(12)
 }
@@ -154,7 +154,7 @@ async fn invalid_secrets_get_400_naming_the_key() {
 }
 
 #[tokio::test]
-async fn an_agent_holds_at_most_100_secrets() {
+async fn secrets_per_agent_are_limited() {
     let server = Server::start().await;
     let token = server.user_with_token("ops@example.com");
     let id = deploy_testkit(&server, &token).await;
@@ -191,7 +191,7 @@ async fn zeroclaw_rejects_unknown_zeroclaw_variables() {
 }
 
 #[tokio::test]
-async fn rotated_key_still_starts_the_agent_with_the_same_value() {
+async fn rotation_keeps_secret_values() {
     let server = Server::start().await;
     let token = server.user_with_token("ops@example.com");
     let id = deploy_testkit(&server, &token).await;

@@ -1,8 +1,8 @@
 //! Agents: deploy, lifecycle, observation and reconciliation.
 //!
-//! The agent-type plugin decides how an agent runs (its launch plan); the
-//! runtime plugin of the agent's region runs it; this service owns the rules
-//! in between. A lifecycle operation takes the agent's lock, records a
+//! The agent-type plugin decides how an agent runs (its launch plan), and
+//! the runtime plugin of the agent's region runs it. This service owns the
+//! rules in between. A lifecycle operation takes the agent's lock, records a
 //! transitional status and runs in a background task, so a second operation
 //! on the same agent gets [`AgentError::Busy`] until the first one settles.
 //! `ONLINE` is recorded only after the plan's health probe passes.
@@ -118,7 +118,7 @@ impl Operation {
     }
 }
 
-/// What the host keeps of a launch plan between calls.
+/// Parts of a launch plan the host keeps between calls.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Launch {
     health_path: String,
@@ -258,7 +258,7 @@ impl AgentService {
         Ok(self.store.agents_of(user_id).await?)
     }
 
-    /// An agent of `user_id`; any other account's agent is not found.
+    /// Returns an agent of `user_id`; any other account's agent is not found.
     pub async fn get(&self, user_id: &str, agent_id: &str) -> Result<AgentRow, AgentError> {
         if !ids::is_agent_id(agent_id) {
             return Err(AgentError::NotFound(agent_id.to_string()));
@@ -515,7 +515,7 @@ impl AgentService {
         }
     }
 
-    /// Probes the health path until it answers 2xx, the task exits or the
+    /// Probes the health path until it returns 2xx, the task exits or the
     /// plan's startup timeout passes.
     async fn wait_until_healthy(
         &self,
@@ -627,8 +627,8 @@ impl AgentService {
         }
     }
 
-    /// The lowest port of the range that no agent holds and that is free on
-    /// loopback right now. The caller holds `port_allocation`.
+    /// Returns the lowest port of the range that no agent uses and that is
+    /// free on loopback right now. The caller must lock `port_allocation`.
     async fn allocate_port(&self) -> Result<u16, AgentError> {
         let [first, last] = self.config.agents.port_range;
         let used: std::collections::HashSet<i64> = self.store.used_ports().await?.into_iter().collect();
@@ -731,7 +731,7 @@ fn validate_plan(plan: &LaunchPlan) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// A plan file path, checked to stay inside the workspace.
+/// Checks that a plan file path stays inside the workspace.
 fn relative_file_path(path: &str) -> Result<&Path, AgentError> {
     let relative = Path::new(path);
     let safe = !path.is_empty() && relative.components().all(|component| matches!(component, Component::Normal(_)));

@@ -24,7 +24,7 @@ pub const TOKEN_PREFIX: &str = "ast_";
 const TOKEN_RANDOM_LEN: usize = 43;
 /// Characters of a token stored for display, as the API's `prefix` field.
 const DISPLAY_PREFIX_LEN: usize = 8;
-/// Longest password accepted, in bytes.
+/// Maximum password length, in bytes.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "agentstead_session";
@@ -81,7 +81,7 @@ impl fmt::Display for Scope {
     }
 }
 
-/// How the caller authenticated.
+/// Credential the caller authenticated with.
 #[derive(Debug, Clone)]
 pub enum Credential {
     Token { id: String, scopes: Vec<Scope> },
@@ -262,7 +262,7 @@ impl AuthService {
         Ok(NewToken { id, value })
     }
 
-    /// The user's tokens, with use times not yet written merged in.
+    /// Lists the user's tokens, with use times not yet written merged in.
     pub async fn list_tokens(&self, user_id: &str) -> Result<Vec<TokenInfo>, AuthError> {
         let rows = self.store.tokens_of(user_id).await?;
         let pending = self.pending_uses.lock().unwrap_or_else(|poison| poison.into_inner()).clone();

@@ -314,7 +314,7 @@ impl Config {
         Ok(())
     }
 
-    /// Where the age identity for secrets comes from.
+    /// Returns the source of the age identity for secrets.
     pub fn key_source(&self) -> crate::secrets::KeySource {
         use crate::secrets::{IDENTITY_ENV, KeySource};
         if std::env::var_os(IDENTITY_ENV).is_some() {

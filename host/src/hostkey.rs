@@ -1,7 +1,7 @@
 //! The host key: 32 random bytes in `host.key` in the data directory.
 //!
 //! The host derives per-agent values from it with HMAC-SHA256, such as the
-//! gateway token an agent's plan asks for, so those values are stable across
+//! gateway token an agent's plan requests, so those values are stable across
 //! restarts without being stored anywhere.
 
 #[cfg(test)]
@@ -50,7 +50,7 @@ impl HostKey {
         Ok(HostKey { key })
     }
 
-    /// A 64-character hex value derived from the key, `purpose` and `parts`.
+    /// Derives a 64-character hex value from the key, `purpose` and `parts`.
     pub fn derive(&self, purpose: &str, parts: &[&str]) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts any key length");
         mac.update(purpose.as_bytes());

@@ -15,14 +15,14 @@ pub fn random_id(prefix: &str, len: usize) -> String {
     id
 }
 
-/// An agent id: the agent type's prefix, a dash and six lowercase
+/// Generates an agent id: the agent type's prefix, a dash and six lowercase
 /// alphanumerics, such as `oc-a1b2c3`.
 pub fn agent_id(type_prefix: &str) -> String {
     random_id(&format!("{type_prefix}-"), 6)
 }
 
 /// True when `id` has the shape of an agent id, so that a malformed path
-/// parameter is answered with 404 without a database query.
+/// parameter gets 404 without a database query.
 pub fn is_agent_id(id: &str) -> bool {
     let Some((prefix, suffix)) = id.split_once('-') else {
         return false;

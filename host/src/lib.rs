@@ -1,6 +1,6 @@
 //! AgentStead: a self-hosted control plane for AI agents.
 //!
-//! The binary is `agentstead`; this library holds everything it is made of,
+//! The binary is `agentstead`; this library contains everything it is made of,
 //! so integration tests can build the same application in process.
 
 pub mod agents;

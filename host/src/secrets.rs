@@ -29,7 +29,7 @@ use crate::store::{SecretRow, Store, StoreError};
 /// Environment variable that carries the identity itself, such as
 /// `AGE-SECRET-KEY-1…`, instead of a key file.
 pub const IDENTITY_ENV: &str = "AGENTSTEAD_AGE_IDENTITY";
-/// Longest secret key, in bytes.
+/// Maximum length of a secret key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
 /// Largest secret value, in bytes.
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
@@ -99,7 +99,7 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-/// Where the identity comes from.
+/// Source of the age identity.
 #[derive(Debug, Clone)]
 pub enum KeySource {
     /// The identity itself, from `AGENTSTEAD_AGE_IDENTITY`. Not logged, not shown.
@@ -258,7 +258,7 @@ impl Keyring {
         std::fs::rename(&next, path).map_err(|source| SecretError::WriteIdentity { path: path.clone(), source })?;
 
         // A server that wrote a value between its last look at the key files
-        // and the rename may have encrypted it to the old key alone; this pass
+        // and the rename may have encrypted it to the old key alone. This pass
         // moves such values to the new key while the old one is still known.
         let mut all = old;
         all.push(new.clone());

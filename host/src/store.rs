@@ -170,7 +170,7 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// An in-memory database, for unit tests.
+    /// Opens an in-memory database, for unit tests.
     pub async fn open_in_memory() -> Result<Store> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
@@ -212,7 +212,7 @@ impl Store {
         Ok(())
     }
 
-    /// The user of a live session.
+    /// Returns the user of a live session.
     pub async fn session_user(&self, token_hash: &str) -> Result<Option<String>> {
         Ok(sqlx::query_scalar("SELECT user_id FROM sessions WHERE token_hash = $1 AND expires_at > $2")
             .bind(token_hash)
@@ -337,7 +337,7 @@ impl Store {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(user_id).fetch_optional(&self.pool).await?)
     }
 
-    /// An agent by id alone, for the host's own background work.
+    /// Returns an agent by id alone, for the host's own background work.
     pub async fn agent(&self, id: &str) -> Result<Option<AgentRow>> {
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?)
@@ -425,7 +425,7 @@ impl Store {
         Ok(())
     }
 
-    /// The newest `limit` events of an agent, oldest first.
+    /// Returns the newest `limit` events of an agent, oldest first.
     pub async fn events(&self, agent_id: &str, limit: i64) -> Result<Vec<EventRow>> {
         let mut rows: Vec<EventRow> = sqlx::query_as(
             "SELECT id, at, kind, message FROM agent_events WHERE agent_id = $1 ORDER BY id DESC LIMIT $2",
@@ -438,7 +438,7 @@ impl Store {
         Ok(rows)
     }
 
-    // Secrets. Values arrive and leave encrypted; this module never sees plaintext.
+    // Secrets. Values arrive and leave encrypted, so this module never handles plaintext.
 
     /// Secrets of an agent, ordered by key.
     pub async fn secrets(&self, agent_id: &str) -> Result<Vec<SecretRow>> {
@@ -572,7 +572,7 @@ impl Store {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(agent_id).fetch_all(&self.pool).await?)
     }
 
-    /// A complete backup of `agent_id` owned by `user_id`.
+    /// Returns a complete backup of `agent_id` owned by `user_id`.
     pub async fn backup_of(&self, user_id: &str, agent_id: &str, id: &str) -> Result<Option<BackupRow>> {
         let sql = format!(
             "SELECT {BACKUP_COLUMNS} FROM backups WHERE id = $1 AND agent_id = $2 AND user_id = $3 AND status = 'complete'"
@@ -580,7 +580,7 @@ impl Store {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(agent_id).bind(user_id).fetch_optional(&self.pool).await?)
     }
 
-    /// A complete backup by id alone, for signed downloads.
+    /// Returns a complete backup by id alone, for signed downloads.
     pub async fn backup(&self, id: &str) -> Result<Option<BackupRow>> {
         let sql = format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE id = $1 AND status = 'complete'");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(&self.pool).await?)
@@ -601,7 +601,7 @@ impl Store {
         Ok(used.unwrap_or(0).max(0) as u64)
     }
 
-    /// Every backup that never completed, as a crash leaves them.
+    /// Returns every backup that never completed, as a crash leaves them.
     pub async fn pending_backups(&self) -> Result<Vec<BackupRow>> {
         let sql = format!("SELECT {BACKUP_COLUMNS} FROM backups WHERE status = 'pending'");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?)

@@ -14,7 +14,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_agentstead");
 pub const TESTKIT_WASM: &str = env!("AGENTSTEAD_TESTKIT_WASM");
 pub const PASSWORD: &str = "correct-horse-battery";
 
-/// First agent port of the next server of this test binary; each server
+/// First agent port of the next server of this test binary. Each server
 /// gets a range of its own, so parallel tests never race for a port.
 static NEXT_PORT: AtomicU16 = AtomicU16::new(21_000);
 

@@ -113,7 +113,7 @@ impl AgentService {
         })
     }
 
-    /// The last `lines` lines of the agent's output.
+    /// Returns the last `lines` lines of the agent's output.
     pub async fn logs(&self, user_id: &str, agent_id: &str, lines: usize) -> Result<Vec<String>, AgentError> {
         let agent = self.get(user_id, agent_id).await?;
         let Some(handle) = agent.handle.clone() else {

@@ -2,9 +2,9 @@
 //! runtime reports, and closes the gap.
 //!
 //! At host start every agent is inspected through its stored task handle. A
-//! task that still runs is adopted (never started a second time) and probed;
-//! an agent that should run but whose task is gone is started again; an agent
-//! caught in a transitional state by a host crash is settled. While the host
+//! task that still runs is adopted, never started a second time, and probed.
+//! An agent that should run but whose task is gone is started again. An
+//! agent caught in a transitional state by a host crash is settled. While the host
 //! runs, an agent whose task dies is marked `ERROR` with the exit status and
 //! an agent in `ERROR` whose probe passes again returns to `ONLINE`.
 
@@ -31,7 +31,7 @@ impl AgentService {
         }
     }
 
-    /// One pass over every agent. Agents with an operation in flight are skipped.
+    /// Checks every agent once. Agents with an operation in flight are skipped.
     pub async fn reconcile(self: &Arc<Self>, startup: bool) {
         let agents = match self.store.all_agents().await {
             Ok(agents) => agents,

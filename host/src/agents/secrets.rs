@@ -2,7 +2,7 @@
 //! agent's environment.
 //!
 //! Values are decrypted only here, right before a start, and go to the
-//! runtime plugin in the task's environment. The agent-type plugin sees the
+//! runtime plugin in the task's environment. The agent-type plugin gets the
 //! names alone. A change takes effect at the next start, restart or redeploy.
 
 use super::{AgentDirs, AgentError, AgentService, deploy_context};

@@ -13,7 +13,7 @@ use crate::auth::Scope;
 use crate::plugins::bindings::TaskState;
 use crate::store::AgentRow;
 
-/// Longest time `wait=true` holds a request open.
+/// Maximum time `wait=true` keeps a request open.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 const DEFAULT_LOG_LINES: u32 = 200;
 const MAX_LOG_LINES: u32 = 10_000;
@@ -61,7 +61,7 @@ pub struct Agent {
     status: AgentStatusName,
     agent_type: String,
     region: String,
-    /// Where the agent is reached, from the region's URL template.
+    /// URL of the agent, from the region's URL template.
     public_url: String,
     created_at: Timestamp,
     /// **Extension.** Why the agent is in `ERROR`; null otherwise.
@@ -148,12 +148,12 @@ pub enum TaskStateName {
 pub struct ProbeResult {
     /// The URL the host requested.
     url: String,
-    /// HTTP status of the answer; null when none arrived.
+    /// HTTP status of the response; null when none arrived.
     #[oai(nullable)]
     http_status: Option<u16>,
     #[oai(nullable)]
     latency_ms: Option<u64>,
-    /// Why the probe failed; null when it passed.
+    /// Reason the probe failed; null when it passed.
     #[oai(nullable)]
     error: Option<String>,
 }
@@ -178,7 +178,7 @@ pub struct AgentHealth {
     /// True when the health probe passed just now.
     healthy: bool,
     status: AgentStatusName,
-    /// Why the agent is in `ERROR`; null otherwise.
+    /// Reason the agent is in `ERROR`; null otherwise.
     #[oai(nullable)]
     status_message: Option<String>,
     checked_at: Timestamp,
@@ -298,7 +298,7 @@ impl AgentsApi {
         request: &Request,
         body: Json<DeployRequest>,
         /// **Extension.** Wait until the agent has settled (`ONLINE` or
-        /// `ERROR`), at most 300 s, before answering.
+        /// `ERROR`), at most 300 s, before responding.
         #[oai(default)]
         wait: Query<bool>,
     ) -> Result<DeployResponse, ApiError> {

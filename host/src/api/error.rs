@@ -16,7 +16,7 @@ use crate::secrets::SecretError;
 pub struct ErrorBody {
     /// Machine-readable error code, such as `not_found` or `insufficient_scope`.
     pub code: String,
-    /// What went wrong, naming the value at fault and how to fix it.
+    /// Description of the failure, naming the value at fault and how to fix it.
     pub message: String,
 }
 
@@ -49,7 +49,7 @@ pub enum ApiError {
     /// The request body is larger than the server accepts.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
-    /// The account's backup quota is used up; the message says what to delete.
+    /// The account's backup quota is exceeded; the message names backups to delete.
     #[oai(status = 507)]
     InsufficientStorage(Json<ErrorBody>),
     /// An unexpected server error; the server log has the details.
@@ -88,7 +88,7 @@ impl ApiError {
         ApiError::Internal(body("internal", "internal server error; the server log has the details"))
     }
 
-    /// An error for a status the framework produced, with a generic code.
+    /// Builds an error for a status the framework produced, with a generic code.
     pub fn from_status(status: StatusCode, message: &str) -> ApiError {
         match status {
             StatusCode::BAD_REQUEST => ApiError::BadRequest(body("invalid_request", message)),

@@ -118,7 +118,7 @@ fn check_same_origin(request: &Request) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// The OpenAPI service with every operation of the API.
+/// Builds the OpenAPI service with every operation of the API.
 pub fn service(state: Arc<ApiState>, server_url: &str) -> OpenApiService<impl poem_openapi::OpenApi, ()> {
     let apis = (
         agents::AgentsApi { state: Arc::clone(&state) },

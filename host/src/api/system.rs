@@ -8,7 +8,7 @@ pub struct SystemApi;
 
 #[derive(Object)]
 pub struct Liveness {
-    /// Always `ok` while the server answers requests.
+    /// Always `ok` while the server serves requests.
     status: String,
     version: String,
 }
@@ -17,7 +17,7 @@ pub struct Liveness {
 impl SystemApi {
     /// Liveness of the control plane
     ///
-    /// Needs no credentials. Answers 200 while the server accepts requests.
+    /// Needs no credentials. Returns 200 while the server accepts requests.
     #[oai(path = "/healthz", method = "get", operation_id = "getHealthz")]
     async fn healthz(&self) -> Json<Liveness> {
         Json(Liveness { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })

@@ -27,7 +27,7 @@ use crate::config::ProcessRuntimeConfig;
 /// Host variables an agent inherits; everything else comes from the plan.
 /// `PATH` is set apart, see [`ProcessSupervisor::agent_path`].
 const INHERITED_ENV: &[&str] = &["LANG", "TZ"];
-/// Longest wait for the exit status of a leader that just exited.
+/// Maximum wait for the exit status of a leader that just exited.
 const REAP_WAIT: Duration = Duration::from_secs(1);
 /// How often `wait-group` looks at the process table.
 const WAIT_POLL: Duration = Duration::from_millis(50);

@@ -16,7 +16,7 @@ use super::storage::StorageSession;
 const STDERR_CAPACITY: usize = 64 * 1024;
 /// Log lines a plugin may emit per call; later lines are counted and dropped.
 const MAX_LOG_LINES: u32 = 200;
-/// Longest log line kept, in bytes; the rest is cut off.
+/// Maximum length of a kept log line, in bytes; the rest is cut off.
 const MAX_LOG_LINE: usize = 4096;
 
 /// Store data of one plugin call.
@@ -52,7 +52,7 @@ impl PluginState {
         }
     }
 
-    /// The last `max` bytes the plugin wrote to stderr, as text.
+    /// Returns the last `max` bytes the plugin wrote to stderr, as text.
     pub fn stderr_tail(&self, max: usize) -> String {
         let bytes = self.stderr.contents();
         let start = bytes.len().saturating_sub(max);

@@ -1,9 +1,9 @@
 //! Agent-type plugin for OpenClaw, a Node.js agent gateway.
 //!
 //! The gateway is `openclaw gateway` (OpenClaw 2026.9 needs Node.js 24 or
-//! newer). It keeps its state in `OPENCLAW_STATE_DIR`, answers `GET /healthz`
-//! with `{"ok":true,"status":"live"}` once ready, and refuses a non-loopback
-//! bind unless a gateway token is set, so the plan always asks the host for a
+//! newer). It keeps its state in `OPENCLAW_STATE_DIR` and serves `GET /healthz`
+//! with `{"ok":true,"status":"live"}` once ready. It rejects a non-loopback
+//! bind unless a gateway token is set, so the plan always requests a
 //! generated `OPENCLAW_GATEWAY_TOKEN`.
 
 wit_bindgen::generate!({ path: "../../wit", world: "agent" });

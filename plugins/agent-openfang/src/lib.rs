@@ -2,7 +2,7 @@
 //!
 //! `openfang start` runs the daemon. It reads `$OPENFANG_HOME/config.toml`,
 //! listens on the `api_listen` address from that file (127.0.0.1:4200 when
-//! unset) and answers `GET /api/health`. The plan writes `config.toml` with the
+//! unset) and serves `GET /api/health`. The plan writes `config.toml` with the
 //! port the host allocated, so the driver owns that file.
 
 wit_bindgen::generate!({ path: "../../wit", world: "agent" });

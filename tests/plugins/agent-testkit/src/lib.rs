@@ -5,7 +5,7 @@
 //! - `trap`, `loop`, `oom`: `plan` panics, never returns, or allocates until
 //!   the sandbox's memory cap stops it;
 //! - `crash`: the agent exits with code 3 right after it starts;
-//! - `unhealthy`: the agent runs but its health path answers 404;
+//! - `unhealthy`: the agent runs but its health path returns 404;
 //! - `forking`: the agent leaves a child process in its process group;
 //! - `slow-stop`: the agent ignores SIGTERM, so stop must escalate to SIGKILL;
 //! - anything else: `python3 -m http.server` on the allocated port, healthy at `/`.
