@@ -3,8 +3,8 @@
 //! The plugins are ordinary workspace crates. This script runs a nested
 //! `cargo build` for them with its own target directory, because the outer
 //! build holds the lock on the main one, and writes `builtin_plugins.rs` with
-//! one `include_bytes!` per component. The test-only `agent-testkit` plugin is
-//! built too and exposed to the tests as `AGENTSTEAD_TESTKIT_WASM`.
+//! one `include_bytes!` per component. The test-only plugins are built too and
+//! their paths exposed to the tests through environment variables.
 
 use std::env;
 use std::fmt::Write as _;
@@ -21,9 +21,12 @@ const BUILTIN: &[&str] = &[
     "agent-nullclaw",
     "agent-zeroclaw",
     "runtime-process",
+    "runtime-docker",
     "storage-tar",
 ];
-const TEST_ONLY: &[&str] = &["agent-testkit"];
+/// Plugins the tests load from files, with the variable that gives their path.
+const TEST_ONLY: &[(&str, &str)] =
+    &[("agent-testkit", "AGENTSTEAD_TESTKIT_WASM"), ("runtime-egress-probe", "AGENTSTEAD_EGRESS_PROBE_WASM")];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -46,9 +49,9 @@ fn main() {
     source.push_str("];\n");
     std::fs::write(out_dir.join("builtin_plugins.rs"), source).expect("write builtin_plugins.rs");
 
-    for name in TEST_ONLY {
+    for (name, variable) in TEST_ONLY {
         let path = component_path(&wasm_dir, name);
-        println!("cargo:rustc-env=AGENTSTEAD_TESTKIT_WASM={}", path.display());
+        println!("cargo:rustc-env={variable}={}", path.display());
     }
 }
 
@@ -82,7 +85,7 @@ fn build_plugins(workspace: &Path, target_dir: &Path) -> PathBuf {
         .args(["build", "--target", TARGET, "--profile", PROFILE])
         .arg("--target-dir")
         .arg(target_dir);
-    for name in BUILTIN.iter().chain(TEST_ONLY) {
+    for name in BUILTIN.iter().chain(TEST_ONLY.iter().map(|(name, _)| name)) {
         command.args(["-p", name]);
     }
 

@@ -14,7 +14,7 @@ use serde_json::json;
 async fn host() -> PluginHost {
     let limits = Limits { memory_limit_mib: 64, call_timeout: Duration::from_secs(5) };
     let supervisor = Arc::new(ProcessSupervisor::new(&ProcessRuntimeConfig::default()));
-    PluginHost::new(limits, supervisor, None).await.unwrap()
+    PluginHost::new(limits, supervisor, None, Default::default()).await.unwrap()
 }
 
 fn context(agent_id: &str, target: Target, secrets: &[&str]) -> DeployContext {

@@ -20,7 +20,7 @@ use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::hostkey::HostKey;
 use crate::ids;
-use crate::plugins::bindings::{ConfigFile, Target, TaskState};
+use crate::plugins::bindings::{ConfigFile, Setting, Target, TaskState};
 use crate::plugins::{
     DeployContext, EnvVar, GuestErrorMessage, LaunchPlan, LoadedPlugin, PluginError, PluginHost, ProcessGrant,
     StopSignal, TaskSpec, TaskStatus,
@@ -64,6 +64,9 @@ pub enum AgentError {
     /// The agent started but did not become healthy.
     #[error("{0}")]
     Startup(String),
+    /// The workspace cannot be prepared for the agent.
+    #[error("{0}")]
+    Workspace(String),
     #[error("{0}")]
     Plugin(#[from] PluginError),
     #[error("{0}")]
@@ -444,9 +447,17 @@ impl AgentService {
         let secret_names = secrets.iter().map(|(name, _)| name.clone()).collect();
         let port = u16::try_from(agent.port).map_err(|_| AgentError::InvalidPlan(format!("stored port {} is invalid", agent.port)))?;
         let context = deploy_context(&agent.id, &agent.name, &agent.region, port, &runtime, &driver, &dirs, secret_names);
-        let plan = self.plugins.plan(&driver, &context).await?;
-        validate_plan(&plan)?;
+        let mut plan = self.plugins.plan(&driver, &context).await?;
+        validate_plan(&plan, context.target)?;
+        if let Some(settings) = self.config.agent_types.get(&agent.agent_type) {
+            plan.image = settings.image_for(&plan.image);
+        }
         write_config_files(&dirs.workspace, &plan.files)?;
+        if context.target == Target::Container {
+            if let Some(uid) = plan.run_as_uid {
+                give_workspace_to(&dirs.workspace, uid)?;
+            }
+        }
         let launch = Launch::from_plan(&plan);
         self.store.set_launch(&agent.id, &serde_json::to_string(&launch).expect("launch serializes")).await?;
 
@@ -466,8 +477,9 @@ impl AgentService {
             Some(handle) => handle,
             None => {
                 let spec = spec.clone();
+                let budget = Duration::from_secs(self.config.agents.create_timeout_secs);
                 let handle = self
-                    .runtime_call(agent, &runtime, Duration::ZERO, move |r, s| {
+                    .runtime_call(agent, &runtime, budget, move |r, s| {
                         Box::pin(async move { r.agentstead_plugin_runtime_driver().call_create(s, &spec).await })
                     })
                     .await?;
@@ -512,6 +524,7 @@ impl AgentService {
             port,
             stop_signal: plan.stop_signal,
             stop_grace_ms: plan.stop_grace_ms,
+            settings: runtime_settings(&self.config, &agent.runtime),
         }
     }
 
@@ -680,6 +693,52 @@ fn deploy_context(
     }
 }
 
+/// The operator's settings for a runtime plugin, from its configuration table.
+fn runtime_settings(config: &Config, runtime: &str) -> Vec<Setting> {
+    if runtime != crate::app::DOCKER_PLUGIN {
+        return Vec::new();
+    }
+    let docker = &config.runtime.docker;
+    [
+        ("network", docker.network.as_str().to_string()),
+        ("publish-address", docker.publish_address.to_string()),
+        ("pull", docker.pull.as_str().to_string()),
+    ]
+    .into_iter()
+    .map(|(name, value)| Setting { name: name.into(), value })
+    .collect()
+}
+
+/// Makes `uid` the owner of the workspace and everything in it, so an image
+/// that runs as that user can write its state. Entries already owned by
+/// `uid` are left alone; symlinks are changed, never followed.
+fn give_workspace_to(workspace: &Path, uid: u32) -> Result<(), AgentError> {
+    use std::os::unix::fs::MetadataExt;
+    for entry in walkdir::WalkDir::new(workspace).follow_links(false) {
+        let entry = entry.map_err(|error| AgentError::Io {
+            action: "walk",
+            path: workspace.to_path_buf(),
+            source: error.into(),
+        })?;
+        let metadata = entry.path().symlink_metadata().map_err(io_error("inspect", entry.path()))?;
+        if metadata.uid() == uid && metadata.gid() == uid {
+            continue;
+        }
+        std::os::unix::fs::lchown(entry.path(), Some(uid), Some(uid)).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::PermissionDenied {
+                AgentError::Workspace(format!(
+                    "cannot give {} to user id {uid}, which the agent's image runs as: {error}; \
+                     run the server as root, or chown the directory to {uid} yourself",
+                    entry.path().display()
+                ))
+            } else {
+                io_error("chown", entry.path())(error)
+            }
+        })?;
+    }
+    Ok(())
+}
+
 /// Adds the driver's install hint to a runtime's "program missing" error.
 fn with_install_hint(error: AgentError, driver: &LoadedPlugin) -> AgentError {
     let AgentError::Plugin(PluginError::Returned { plugin, error: GuestErrorMessage::Unavailable(message) }) = error else {
@@ -712,9 +771,15 @@ fn is_env_name(name: &str) -> bool {
 }
 
 /// Checks what the host relies on in a plan from a plugin it does not trust.
-fn validate_plan(plan: &LaunchPlan) -> Result<(), AgentError> {
-    if plan.command.is_empty() || plan.command[0].is_empty() {
-        return Err(AgentError::InvalidPlan("the command is empty".into()));
+fn validate_plan(plan: &LaunchPlan, target: Target) -> Result<(), AgentError> {
+    match target {
+        Target::Process if plan.command.first().is_none_or(String::is_empty) => {
+            return Err(AgentError::InvalidPlan("the command is empty".into()));
+        }
+        Target::Container if plan.image.is_empty() => {
+            return Err(AgentError::InvalidPlan("the image is empty".into()));
+        }
+        _ => {}
     }
     if let Some(var) = plan.env.iter().find(|var| !is_env_name(&var.name) || var.value.contains('\0')) {
         return Err(AgentError::InvalidPlan(format!("environment variable `{}` has an invalid name or value", var.name)));

@@ -5,6 +5,7 @@
 //! regions' runtimes. [`App::router`] is separate from [`App::serve`], so
 //! tests drive the real router in process.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::api::{self, ApiError, ApiState};
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::hostkey::HostKey;
-use crate::plugins::{Limits, PluginHost, ProcessSupervisor};
+use crate::plugins::{EgressGrant, Limits, PluginHost, ProcessSupervisor};
 use crate::blobs::BlobStore;
 use crate::schedules::ScheduleService;
 use crate::secrets::Keyring;
@@ -54,6 +55,17 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Store::open_sqlite(&path).await.with_context(|| format!("cannot open the database {}", path.display()))
 }
 
+/// The HTTP destinations each runtime plugin may reach: `runtime-docker`
+/// reaches the configured Docker Engine as `docker`, and nothing else is granted.
+fn egress_grants(config: &Config) -> anyhow::Result<BTreeMap<String, EgressGrant>> {
+    let engine = crate::plugins::egress::Endpoint::parse(&config.runtime.docker.endpoint)
+        .map_err(|reason| anyhow::anyhow!("runtime.docker.endpoint: {reason}"))?;
+    Ok(BTreeMap::from([(DOCKER_PLUGIN.to_string(), EgressGrant::new(BTreeMap::from([("docker".to_string(), engine)])))]))
+}
+
+/// Name of the Docker runtime plugin, which the `[runtime.docker]` settings configure.
+pub const DOCKER_PLUGIN: &str = "runtime-docker";
+
 impl App {
     pub async fn open(config: Config) -> anyhow::Result<App> {
         config.validate()?;
@@ -66,7 +78,7 @@ impl App {
             call_timeout: Duration::from_millis(config.plugins.call_timeout_ms),
         };
         let supervisor = Arc::new(ProcessSupervisor::new(&config.runtime.process));
-        let plugins = Arc::new(PluginHost::new(limits, supervisor, config.plugins.dir.as_deref()).await?);
+        let plugins = Arc::new(PluginHost::new(limits, supervisor, config.plugins.dir.as_deref(), egress_grants(&config)?).await?);
         for (name, region) in &config.regions {
             let runtime = plugins
                 .get(&region.runtime)

@@ -43,6 +43,8 @@ pub struct Config {
     /// Regions by name. Default: `eu` and `us`, both on `runtime-process`.
     pub regions: BTreeMap<String, RegionConfig>,
     pub runtime: RuntimeConfig,
+    /// Per agent type, by `agentType`, such as `[agent_types.openclaw]`.
+    pub agent_types: BTreeMap<String, AgentTypeConfig>,
     pub secrets: SecretsConfig,
     pub backups: BackupConfig,
 }
@@ -148,6 +150,9 @@ pub struct AgentConfig {
     pub reconcile_interval_secs: u64,
     /// Bytes of log output `GET /api/agents/{id}/logs` reads at most. Default 256 KiB.
     pub max_log_bytes: u32,
+    /// Time a runtime may take to prepare an agent's task, such as pulling
+    /// its image, in seconds. Default 600.
+    pub create_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +171,108 @@ pub struct RegionConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     pub process: ProcessRuntimeConfig,
+    pub docker: DockerRuntimeConfig,
+}
+
+/// Settings of the `runtime-docker` plugin, which runs agents as containers
+/// through the Docker Engine API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DockerRuntimeConfig {
+    /// Where the engine listens: `unix:///PATH` or `tcp://HOST:PORT` (plain
+    /// HTTP). The plugin reaches it, and nothing else, as the authority
+    /// `docker`. Default: `DOCKER_HOST` when set, else
+    /// `unix:///var/run/docker.sock`.
+    pub endpoint: String,
+    /// `bridge` publishes each agent's port on `publish_address`; `host`
+    /// shares the host's network, so the agent listens on the port directly.
+    pub network: DockerNetwork,
+    /// Host address the agents' ports are published on in bridge mode.
+    /// Default `127.0.0.1`, so agents are reachable from this machine only.
+    pub publish_address: std::net::IpAddr,
+    /// When to pull an agent's image: `always` at deploy and redeploy,
+    /// `missing` only when the engine lacks it, or `never`.
+    pub pull: PullPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DockerNetwork {
+    Bridge,
+    Host,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    Always,
+    Missing,
+    Never,
+}
+
+impl DockerNetwork {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DockerNetwork::Bridge => "bridge",
+            DockerNetwork::Host => "host",
+        }
+    }
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "always",
+            PullPolicy::Missing => "missing",
+            PullPolicy::Never => "never",
+        }
+    }
+}
+
+impl Default for DockerRuntimeConfig {
+    fn default() -> Self {
+        let endpoint = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|value| !value.is_empty())
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
+        DockerRuntimeConfig {
+            endpoint,
+            network: DockerNetwork::Bridge,
+            publish_address: std::net::IpAddr::from([127, 0, 0, 1]),
+            pull: PullPolicy::Always,
+        }
+    }
+}
+
+/// Image choices for one agent type, applied to every container runtime.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTypeConfig {
+    /// Replaces the agent-type plugin's image reference as a whole, such as
+    /// `registry.example.com/openclaw:2026.9.6`.
+    pub image: Option<String>,
+    /// Replaces only the tag of the plugin's image, such as `2026.9.6`.
+    pub tag: Option<String>,
+}
+
+impl AgentTypeConfig {
+    /// Returns the image to run, given the plugin's default reference.
+    pub fn image_for(&self, default: &str) -> String {
+        let image = self.image.clone().unwrap_or_else(|| default.to_string());
+        let Some(tag) = &self.tag else {
+            return image;
+        };
+        // A tag follows the last `:` after the last `/`; a `:` before it
+        // belongs to a registry's port. A digest pins the image, so the tag
+        // replaces it too.
+        let without_digest = image.split('@').next().unwrap_or(&image);
+        let name_start = without_digest.rfind('/').map_or(0, |slash| slash + 1);
+        let repository = match without_digest[name_start..].rfind(':') {
+            Some(colon) => &without_digest[..name_start + colon],
+            None => without_digest,
+        };
+        format!("{repository}:{tag}")
+    }
 }
 
 /// Limits of the `process` capability that runtime plugins get.
@@ -201,6 +308,7 @@ impl Default for Config {
             agents: AgentConfig::default(),
             regions: BTreeMap::from([("eu".to_string(), region.clone()), ("us".to_string(), region)]),
             runtime: RuntimeConfig::default(),
+            agent_types: BTreeMap::new(),
             secrets: SecretsConfig::default(),
             backups: BackupConfig::default(),
         }
@@ -221,7 +329,7 @@ impl Default for PluginConfig {
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        AgentConfig { port_range: [20000, 20999], reconcile_interval_secs: 10, max_log_bytes: 256 * 1024 }
+        AgentConfig { port_range: [20000, 20999], reconcile_interval_secs: 10, max_log_bytes: 256 * 1024, create_timeout_secs: 600 }
     }
 }
 
@@ -303,6 +411,24 @@ impl Config {
         if self.agents.reconcile_interval_secs == 0 {
             return Err(invalid("agents.reconcile_interval_secs", "must be at least 1"));
         }
+        crate::plugins::egress::Endpoint::parse(&self.runtime.docker.endpoint)
+            .map_err(|reason| invalid("runtime.docker.endpoint", reason))?;
+        for (agent_type, settings) in &self.agent_types {
+            for (field, value) in [("image", &settings.image), ("tag", &settings.tag)] {
+                if let Some(value) = value {
+                    let valid = !value.is_empty()
+                        && !value.starts_with(['-', ':', '/', '@'])
+                        && value.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:@+".contains(c))
+                        && (field == "image" || !value.contains(['/', ':', '@']));
+                    if !valid {
+                        return Err(invalid(
+                            format!("agent_types.{agent_type}.{field}"),
+                            format!("`{value}` is not a valid image {field}; use a form such as `registry:5000/name:1.2` for image or `1.2` for tag"),
+                        ));
+                    }
+                }
+            }
+        }
         for program in &self.runtime.process.allowed_programs {
             if program.is_empty() || program.contains('/') {
                 return Err(invalid(
@@ -379,5 +505,37 @@ mod tests {
         config.agents.port_range = [3000, 2000];
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("agents.port_range"), "{error}");
+    }
+
+    #[test]
+    fn tag_replaces_only_the_tag() {
+        let tag = |image: Option<&str>, tag: &str, default: &str| {
+            AgentTypeConfig { image: image.map(String::from), tag: Some(tag.into()) }.image_for(default)
+        };
+        assert_eq!(tag(None, "1.2", "ghcr.io/openclaw/openclaw:latest"), "ghcr.io/openclaw/openclaw:1.2");
+        assert_eq!(tag(None, "1.2", "busybox"), "busybox:1.2");
+        assert_eq!(tag(Some("127.0.0.1:5000/oc"), "7", "x"), "127.0.0.1:5000/oc:7");
+        assert_eq!(tag(Some("127.0.0.1:5000/oc:3@sha256:ab"), "7", "x"), "127.0.0.1:5000/oc:7");
+        let whole = AgentTypeConfig { image: Some("local/oc:dev".into()), tag: None };
+        assert_eq!(whole.image_for("ghcr.io/openclaw/openclaw:latest"), "local/oc:dev");
+    }
+
+    #[test]
+    fn bad_image_settings_are_rejected() {
+        for (field, value) in [("image", "-rm"), ("image", "a b"), ("tag", "1/2"), ("tag", "")] {
+            let text = format!("[agent_types.openclaw]\n{field} = \"{value}\"\n");
+            let config: Config = toml::from_str(&text).unwrap();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(&format!("agent_types.openclaw.{field}")), "{error}");
+        }
+    }
+
+    #[test]
+    fn docker_endpoint_must_be_unix_or_tcp() {
+        let config: Config = toml::from_str("[runtime.docker]\nendpoint = \"ftp://x\"\n").unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("runtime.docker.endpoint"), "{error}");
+        let config: Config = toml::from_str("[runtime.docker]\nendpoint = \"tcp://127.0.0.1:2375\"\nnetwork = \"host\"\n").unwrap();
+        config.validate().unwrap();
     }
 }

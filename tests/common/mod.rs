@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod docker;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_agentstead");
 pub const TESTKIT_WASM: &str = env!("AGENTSTEAD_TESTKIT_WASM");
 pub const PASSWORD: &str = "correct-horse-battery";

@@ -154,6 +154,7 @@ impl From<AgentError> for ApiError {
                 tracing::error!(%message, "backup store failed");
                 ApiError::BadGateway(body("backup_storage_failed", message))
             }
+            AgentError::Workspace(_) => ApiError::Internal(body("workspace_unavailable", message)),
             AgentError::Store(_) | AgentError::Io { .. } => ApiError::internal(&error),
         }
     }

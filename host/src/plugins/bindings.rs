@@ -43,5 +43,5 @@ pub use agent::exports::agentstead::plugin::agent_driver::{
     AgentInfo, ConfigFile, DeployContext, HealthProbe, LaunchPlan, SecretMapping, Target,
 };
 pub use runtime::exports::agentstead::plugin::runtime_driver::{
-    RuntimeCapabilities, TaskMetrics, TaskSpec, TaskState, TaskStatus,
+    RuntimeCapabilities, Setting, TaskMetrics, TaskSpec, TaskState, TaskStatus,
 };

@@ -8,6 +8,7 @@
 //! becomes a [`PluginError`] that names the plugin, and the store is dropped.
 
 pub mod bindings;
+pub mod egress;
 pub mod process;
 mod sandbox;
 pub mod storage;
@@ -30,6 +31,7 @@ pub use bindings::{
     AgentInfo, DeployContext, EnvVar, GuestError, LaunchPlan, PluginInfo, PluginKind, RuntimeCapabilities,
     StopSignal, TaskMetrics, TaskSpec, TaskStatus,
 };
+pub use egress::{EgressGrant, Endpoint};
 pub use process::{ProcessGrant, ProcessSupervisor};
 pub use sandbox::PluginState;
 
@@ -145,12 +147,19 @@ pub struct PluginHost {
     limits: Limits,
     calls: Semaphore,
     supervisor: Arc<ProcessSupervisor>,
+    egress: BTreeMap<String, EgressGrant>,
 }
 
 impl PluginHost {
     /// Creates the engine, starts its epoch ticker and loads the built-in
     /// plugins, then the `.wasm` files of `plugin_dir`.
-    pub async fn new(limits: Limits, supervisor: Arc<ProcessSupervisor>, plugin_dir: Option<&Path>) -> Result<Self, PluginError> {
+    /// `egress` maps plugin names to the HTTP destinations they may reach.
+    pub async fn new(
+        limits: Limits,
+        supervisor: Arc<ProcessSupervisor>,
+        plugin_dir: Option<&Path>,
+        egress: BTreeMap<String, EgressGrant>,
+    ) -> Result<Self, PluginError> {
         let engine = build_engine(limits).map_err(|error| PluginError::Load {
             source_name: "the wasmtime engine".into(),
             detail: error.to_string(),
@@ -168,6 +177,7 @@ impl PluginHost {
         wasmtime_wasi::p2::add_to_linker_async(&mut runtime_linker).map_err(link_error)?;
         Runtime::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut runtime_linker, |state| state)
             .map_err(link_error)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut runtime_linker).map_err(link_error)?;
 
         let mut storage_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut storage_linker).map_err(link_error)?;
@@ -183,6 +193,7 @@ impl PluginHost {
             limits,
             calls: Semaphore::new(MAX_CONCURRENT_CALLS as usize),
             supervisor,
+            egress,
         };
         for (name, bytes) in BUILTIN_PLUGINS {
             let plugin = host.load(bytes, PluginSource::Builtin, name).await?;
@@ -363,7 +374,13 @@ impl PluginHost {
 
     fn new_store(&self, plugin: Arc<str>, agent_id: Option<&str>, grant: Option<ProcessGrant>) -> Store<PluginState> {
         let memory_limit = self.limits.memory_limit_mib as usize * 1024 * 1024;
-        let state = PluginState::new(plugin, memory_limit, agent_id.map(String::from), grant);
+        // Only runtime calls, which carry a process grant, may reach the
+        // network; the other worlds do not link `wasi:http` at all.
+        let egress = match grant {
+            Some(_) => self.egress.get(&*plugin).cloned().unwrap_or_default(),
+            None => EgressGrant::default(),
+        };
+        let state = PluginState::new(plugin, memory_limit, agent_id.map(String::from), grant, egress);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
         store.epoch_deadline_trap();

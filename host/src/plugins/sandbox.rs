@@ -1,5 +1,6 @@
 //! The state of one plugin call: a fresh WASI context with nothing granted,
-//! a memory cap, captured stderr and, for runtime plugins, a process grant.
+//! a memory cap, captured stderr and, for runtime plugins, a process grant
+//! and the HTTP destinations the operator granted.
 
 use std::sync::Arc;
 
@@ -8,7 +9,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
 use super::bindings::agent::agentstead::plugin::logging::{self, Level};
+use super::egress::{EgressGrant, EgressHooks};
 use super::process::ProcessGrant;
 use super::storage::StorageSession;
 
@@ -30,13 +34,22 @@ pub struct PluginState {
     log_lines: u32,
     pub(super) process: Option<ProcessGrant>,
     pub(super) storage: Option<StorageSession>,
+    http: WasiHttpCtx,
+    egress: EgressHooks,
 }
 
 impl PluginState {
     /// Builds the state for one call. The WASI context has no preopened
     /// directories, no environment, no arguments and no network, and stdout
     /// is discarded; only stderr is kept, for error reports.
-    pub fn new(plugin: Arc<str>, memory_limit: usize, agent_id: Option<String>, process: Option<ProcessGrant>) -> Self {
+    /// Outgoing HTTP goes only to the authorities in `egress`.
+    pub fn new(
+        plugin: Arc<str>,
+        memory_limit: usize,
+        agent_id: Option<String>,
+        process: Option<ProcessGrant>,
+        egress: EgressGrant,
+    ) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
         PluginState {
@@ -44,11 +57,13 @@ impl PluginState {
             table: ResourceTable::new(),
             memory: MemoryCap { limit: memory_limit, exceeded: false },
             stderr,
+            egress: EgressHooks::new(Arc::clone(&plugin), egress),
             plugin,
             agent_id,
             log_lines: 0,
             process,
             storage: None,
+            http: WasiHttpCtx::new(),
         }
     }
 
@@ -75,6 +90,12 @@ impl PluginState {
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.egress }
     }
 }
 

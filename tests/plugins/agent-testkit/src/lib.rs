@@ -9,12 +9,17 @@
 //! - `forking`: the agent leaves a child process in its process group;
 //! - `slow-stop`: the agent ignores SIGTERM, so stop must escalate to SIGKILL;
 //! - anything else: `python3 -m http.server` on the allocated port, healthy at `/`.
+//!
+//! In a container the agent is busybox `httpd` serving `www/` of the
+//! workspace, healthy at `/healthz`, and `/version` shows the image's
+//! `/version` file. The image runs as user 65534, so a start proves the
+//! workspace is writable by that user.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "agent" });
 
 use agentstead::plugin::types::{EnvVar, PluginError, PluginInfo, PluginKind, StopSignal};
 use exports::agentstead::plugin::agent_driver::{
-    AgentInfo, ConfigFile, DeployContext, Guest as AgentDriver, HealthProbe, LaunchPlan,
+    AgentInfo, ConfigFile, DeployContext, Guest as AgentDriver, HealthProbe, LaunchPlan, Target,
 };
 use exports::agentstead::plugin::plugin::Guest as Plugin;
 
@@ -55,6 +60,9 @@ impl AgentDriver for Testkit {
 }
 
 fn launch_plan(context: &DeployContext) -> LaunchPlan {
+    if context.target == Target::Container {
+        return container_plan(context);
+    }
     let port = context.port.to_string();
     let serve = format!("exec python3 -u -m http.server {port} --bind 127.0.0.1");
     let (script, health_path, grace) = match context.name.as_str() {
@@ -83,6 +91,38 @@ fn launch_plan(context: &DeployContext) -> LaunchPlan {
         health: HealthProbe { path: health_path.into(), startup_timeout_ms: 5_000 },
         stop_signal: StopSignal::Term,
         stop_grace_ms: grace,
+    }
+}
+
+fn container_plan(context: &DeployContext) -> LaunchPlan {
+    let www = format!("{}/www", context.workspace.trim_end_matches('/'));
+    let serve = format!(
+        "echo testkit container $TESTKIT_AGENT starting; mkdir -p {www} && echo ok > {www}/healthz && \
+         cat /version > {www}/version && exec httpd -f -v -p 0.0.0.0:{port} -h {www}",
+        port = context.port
+    );
+    let script = match context.name.as_str() {
+        "crash" => "echo testkit crashing; exit 3".to_string(),
+        _ => serve,
+    };
+    LaunchPlan {
+        command: Vec::new(),
+        container_args: vec!["/bin/sh".into(), "-c".into(), script],
+        image: "agentstead/testkit:latest".into(),
+        env: vec![EnvVar { name: "TESTKIT_AGENT".into(), value: context.agent_id.clone() }],
+        generated_env: vec!["TESTKIT_TOKEN".into()],
+        secret_env: Vec::new(),
+        reserved_env: Vec::new(),
+        run_as_uid: Some(65534),
+        files: vec![ConfigFile {
+            path: "testkit.txt".into(),
+            contents: format!("agent {}\n", context.agent_id),
+            mode: 0o644,
+            overwrite: false,
+        }],
+        health: HealthProbe { path: "/healthz".into(), startup_timeout_ms: 10_000 },
+        stop_signal: StopSignal::Term,
+        stop_grace_ms: 2_000,
     }
 }
 
