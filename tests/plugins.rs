@@ -153,3 +153,80 @@ async fn memory_hungry_plugin_hits_its_cap() {
     let (status, health) = common::split(server.http.get(format!("{}/healthz", server.url)).send().await.unwrap()).await;
     assert_eq!(status, 200, "{health}");
 }
+
+/// Serves one canned HTTP response per connection on loopback and counts
+/// the connections it accepted.
+fn counting_http_server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (address, accepted)
+}
+
+/// Calls `create` of the egress probe, which requests `http://AUTHORITY/`.
+async fn probe_egress(host: &PluginHost, authority: &str) -> String {
+    use agentstead::plugins::bindings::TaskSpec;
+    let plugin = host.get("runtime-egress-probe").unwrap();
+    let spec = TaskSpec {
+        agent_id: "tk-egress".into(),
+        command: Vec::new(),
+        image: authority.into(),
+        container_args: Vec::new(),
+        env: Vec::new(),
+        workspace: "/nonexistent".into(),
+        workspace_mount: "/data".into(),
+        run_as_uid: None,
+        log_path: "/nonexistent/log".into(),
+        port: 1,
+        stop_signal: agentstead::plugins::StopSignal::Term,
+        stop_grace_ms: 0,
+        settings: Vec::new(),
+    };
+    let grant = agentstead::plugins::ProcessGrant { supervisor: Arc::clone(host.supervisor()), root: "/nonexistent".into() };
+    let outcome = host
+        .runtime_call(&plugin, "tk-egress", grant, Duration::ZERO, move |r, s| {
+            Box::pin(async move { r.agentstead_plugin_runtime_driver().call_create(s, &spec).await })
+        })
+        .await;
+    outcome.expect_err("the probe always reports through an error").to_string()
+}
+
+#[tokio::test]
+async fn plugin_requests_reach_only_granted_endpoints() {
+    use agentstead::plugins::{EgressGrant, Endpoint};
+    let (granted, granted_hits) = counting_http_server();
+    let (other, other_hits) = counting_http_server();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(env!("AGENTSTEAD_EGRESS_PROBE_WASM"), dir.path().join("probe.wasm")).unwrap();
+    let routes = std::collections::BTreeMap::from([("engine".to_string(), Endpoint::Tcp(granted.to_string()))]);
+    let egress = std::collections::BTreeMap::from([("runtime-egress-probe".to_string(), EgressGrant::new(routes))]);
+    let limits = Limits { memory_limit_mib: 64, call_timeout: Duration::from_secs(5) };
+    let supervisor = Arc::new(ProcessSupervisor::new(&ProcessRuntimeConfig::default()));
+    let host = PluginHost::new(limits, supervisor, Some(dir.path()), egress).await.unwrap();
+
+    // The granted authority is connected to its endpoint.
+    let reached = probe_egress(&host, "engine").await;
+    assert!(reached.contains("answered HTTP 200"), "{reached}");
+    assert_eq!(granted_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Any other destination is refused before a connection is made, by
+    // address, by name, and with the granted endpoint's own address.
+    for destination in [other.to_string(), format!("localhost:{}", other.port()), granted.to_string()] {
+        let refused = probe_egress(&host, &destination).await;
+        assert!(refused.contains("HttpRequestDenied"), "{destination}: {refused}");
+    }
+    assert_eq!(other_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(granted_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
