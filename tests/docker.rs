@@ -265,3 +265,61 @@ async fn engine_errors_name_the_fix() {
     let message = agent["statusMessage"].as_str().unwrap();
     assert!(message.contains(&format!("host port {port} is already in use")), "{message}");
 }
+
+/// The OpenClaw image built by `tests/docker/openclaw-image.sh`, if the
+/// engine holds it.
+fn openclaw_image(engine: &Engine) -> Option<String> {
+    let image = std::env::var("AGENTSTEAD_OPENCLAW_IMAGE").unwrap_or_else(|_| "agentstead/openclaw:2026.9.6".into());
+    let present = engine.docker_command(&["image", "inspect", &image]).output().is_ok_and(|output| output.status.success());
+    if present {
+        return Some(image);
+    }
+    if std::env::var("AGENTSTEAD_REQUIRE_DOCKER").as_deref() == Ok("1") {
+        panic!("AGENTSTEAD_REQUIRE_DOCKER=1 but the engine has no image {image}; build it with tests/docker/openclaw-image.sh");
+    }
+    eprintln!("\n*** SKIPPED OpenClaw container test: the engine has no image {image}. ***\n*** Build it with tests/docker/openclaw-image.sh (see README). ***\n");
+    None
+}
+
+#[tokio::test]
+async fn openclaw_container_deploys_to_online() {
+    let Some(engine) = Engine::find() else { return };
+    let Some(image) = openclaw_image(&engine) else { return };
+    let more = format!("[agent_types.openclaw]\nimage = \"{image}\"\n");
+    let server = Server::start_with(docker_options(&engine, "bridge", "missing", &more)).await;
+    let token = server.user_with_token("ops@example.com");
+
+    let started = std::time::Instant::now();
+    let (status, agent) = server.post(&token, "/api/agents/deploy?wait=true", json!({"agentType": "openclaw", "region": "eu"})).await;
+    assert_eq!(status, 201, "{agent}");
+    let id = agent["id"].as_str().unwrap().to_string();
+    let _cleanup = Cleanup { engine: &engine, agents: vec![id.clone()] };
+    assert_eq!(agent["status"], "ONLINE", "{agent}\n{}", server.log());
+    eprintln!("openclaw container ONLINE after {:.1} s", started.elapsed().as_secs_f64());
+
+    // The gateway answers on the published port.
+    let public_url = agent["publicUrl"].as_str().unwrap();
+    let (status, body) = fetch(&server, &format!("{public_url}/healthz")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("live"), "{body}");
+
+    let (_, logs) = server.get(&token, &format!("/api/agents/{id}/logs?tail=500")).await;
+    assert!(logs.to_string().contains("[gateway]"), "the gateway's own output: {logs}");
+    let (_, metrics) = server.get(&token, &format!("/api/agents/{id}/metrics")).await;
+    assert!(metrics["memoryBytes"].as_u64().unwrap() > 50_000_000, "{metrics}");
+
+    // A secret reaches the gateway's environment at the next restart.
+    let (status, _) = server.post(&token, &format!("/api/agents/{id}/secrets"), json!({"key": "ANTHROPIC_API_KEY", "value": "sk-ant-container"})).await;
+    assert_eq!(status, 201);
+    let agent = lifecycle(&server, &token, &id, "restart").await;
+    assert_eq!(agent["status"], "ONLINE", "{agent}\n{}", server.log());
+    let (_, health) = server.get(&token, &format!("/api/agents/{id}/health")).await;
+    let pid = health["runtime"]["pid"].as_u64().expect("a running container reports its pid");
+    assert!(environ(pid).contains(&"ANTHROPIC_API_KEY=sk-ant-container".to_string()));
+
+    let agent = lifecycle(&server, &token, &id, "stop").await;
+    assert_eq!(agent["status"], "OFFLINE", "{agent}");
+    let (status, _) = server.delete(&token, &format!("/api/agents/{id}")).await;
+    assert_eq!(status, 204);
+    assert!(engine.containers_of(&id).is_empty());
+}
