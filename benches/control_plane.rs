@@ -8,7 +8,11 @@
 //!    hand until `/healthz` returns 200 (needs `AGENTSTEAD_OPENCLAW_BIN_DIR`);
 //! 4. backup and restore of a workspace of mixed files (1 GiB, or
 //!    `AGENTSTEAD_BENCH_BACKUP_MIB`) against `tar | zstd -3` and
-//!    `tar | gzip -3` on the same data, with the host's peak memory.
+//!    `tar | gzip -3` on the same data, with the host's peak memory;
+//! 5. deploy to `ONLINE` on the Docker runtime against `docker run` by hand
+//!    until the same probe returns 200, for the busybox test image and the
+//!    OpenClaw image of `tests/docker/openclaw-image.sh` (needs an engine,
+//!    found as the Docker tests find it).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -167,19 +171,19 @@ async fn openclaw_by_hand(bin_dir: &Path, port: u16) -> Duration {
     elapsed
 }
 
-async fn openclaw_through_api(server: &Server, token: &str) -> Duration {
+async fn deploy_through_api(server: &Server, token: &str, agent_type: &str) -> Duration {
     let started = Instant::now();
-    let (status, agent) = server.post(token, "/api/agents/deploy", json!({"agentType": "openclaw", "region": "eu"})).await;
+    let (status, agent) = server.post(token, "/api/agents/deploy", json!({"agentType": agent_type, "region": "eu"})).await;
     assert_eq!(status, 201, "{agent}");
     let id = agent["id"].as_str().unwrap().to_string();
     loop {
         let (_, agent) = server.get(token, &format!("/api/agents/{id}")).await;
         match agent["status"].as_str().unwrap() {
             "ONLINE" => break,
-            "ERROR" => panic!("openclaw deploy failed: {agent}"),
+            "ERROR" => panic!("{agent_type} deploy failed: {agent}"),
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "openclaw did not become ONLINE");
+        assert!(started.elapsed() < Duration::from_secs(120), "{agent_type} did not become ONLINE");
     }
     let elapsed = started.elapsed();
     let (status, _) = server.delete(token, &format!("/api/agents/{id}")).await;
@@ -205,7 +209,7 @@ async fn bench_openclaw() {
     let mut through_api = Vec::new();
     for _ in 0..OPENCLAW_RUNS {
         by_hand.push(openclaw_by_hand(&bin_dir, port).await);
-        through_api.push(openclaw_through_api(&server, &token).await);
+        through_api.push(deploy_through_api(&server, &token, "openclaw").await);
     }
     let (by_hand, through_api) = (median(by_hand), median(through_api));
     println!(
@@ -214,6 +218,91 @@ async fn bench_openclaw() {
         by_hand.as_secs_f64(),
         through_api.as_secs_f64() / by_hand.as_secs_f64()
     );
+}
+
+/// Runs a container the way `runtime-docker` does, by hand with the
+/// `docker` client, and times it until `probe_path` returns 200.
+async fn container_by_hand(engine: &common::docker::Engine, image: &str, uid: &str, mount: &str, args: &[String], env: &[(&str, &str)], port: u16, probe_path: &str) -> Duration {
+    let workspace = tempfile::tempdir().unwrap();
+    let owner: u32 = uid.parse().unwrap();
+    std::os::unix::fs::chown(workspace.path(), Some(owner), Some(owner)).unwrap();
+    let name = format!("agentstead-bench-{port}");
+    let publish = format!("127.0.0.1:{port}:{port}");
+    let volume = format!("{}:{mount}", workspace.path().display());
+    let user = format!("{uid}:{uid}");
+    let mut command: Vec<String> = ["run", "-d", "--name", &name, "-p", &publish, "-v", &volume, "--user", &user].map(String::from).to_vec();
+    for (key, value) in env {
+        command.push("-e".into());
+        command.push(format!("{key}={value}"));
+    }
+    command.push(image.into());
+    command.extend(args.iter().cloned());
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+
+    let started = Instant::now();
+    engine.docker(&command);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let healthy = wait_for_healthz(&client, &format!("http://127.0.0.1:{port}{probe_path}"), Duration::from_secs(120)).await;
+    let elapsed = started.elapsed();
+    engine.docker(&["rm", "-f", &name]);
+    assert!(healthy, "{image} run by hand never answered {probe_path}");
+    elapsed
+}
+
+async fn bench_docker() {
+    let Some(engine) = common::docker::Engine::find() else {
+        println!("deploy to ONLINE on Docker: skipped, no Docker Engine");
+        return;
+    };
+    engine.build_testkit_image("agentstead/testkit:latest", "bench");
+    let openclaw_image = std::env::var("AGENTSTEAD_OPENCLAW_IMAGE").unwrap_or_else(|_| "agentstead/openclaw:2026.9.6".into());
+    let extra_config = format!(
+        "[regions.eu]\nruntime = \"runtime-docker\"\n\n[runtime.docker]\nendpoint = \"{}\"\npull = \"missing\"\n\n[agent_types.openclaw]\nimage = \"{openclaw_image}\"\n",
+        engine.endpoint
+    );
+    let server = Server::start_with(Options { call_timeout_ms: 10_000, extra_config, ..Options::default() }).await;
+    let token = server.user_with_token("bench@example.com");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+
+    let testkit_args = |port: u16| {
+        let script = format!("mkdir -p /data/www && echo ok > /data/www/healthz && exec httpd -f -p 0.0.0.0:{port} -h /data/www");
+        vec!["/bin/sh".to_string(), "-c".to_string(), script]
+    };
+    let openclaw_args = |port: u16| {
+        ["openclaw", "gateway", "--port", &port.to_string(), "--allow-unconfigured", "--auth", "token", "--bind", "lan"].map(String::from).to_vec()
+    };
+    let openclaw_env = [
+        ("OPENCLAW_STATE_DIR", "/home/node/.openclaw"),
+        ("OPENCLAW_CONFIG_PATH", "/home/node/.openclaw/openclaw.json"),
+        ("HOME", "/home/node/.openclaw"),
+        ("OPENCLAW_GATEWAY_TOKEN", "benchmark-token-benchmark-token"),
+        ("NO_COLOR", "1"),
+    ];
+    let has_openclaw = engine.docker_command(&["image", "inspect", &openclaw_image]).output().is_ok_and(|o| o.status.success());
+    let cases: Vec<(&str, &str, &str, &str, Vec<String>, &[(&str, &str)], &str)> = {
+        let mut cases = vec![("testkit", "agentstead/testkit:latest", "65534", "/data", testkit_args(port), &[][..], "/healthz")];
+        if has_openclaw {
+            cases.push(("openclaw", openclaw_image.as_str(), "1000", "/home/node/.openclaw", openclaw_args(port), &openclaw_env[..], "/healthz"));
+        } else {
+            println!("OpenClaw on Docker: skipped, the engine has no image {openclaw_image}");
+        }
+        cases
+    };
+    for (agent_type, image, uid, mount, args, env, probe) in cases {
+        let mut by_hand = Vec::new();
+        let mut through_api = Vec::new();
+        for _ in 0..OPENCLAW_RUNS {
+            by_hand.push(container_by_hand(&engine, image, uid, mount, &args, env, port, probe).await);
+            through_api.push(deploy_through_api(&server, &token, agent_type).await);
+        }
+        let (by_hand, through_api) = (median(by_hand), median(through_api));
+        println!(
+            "{agent_type} on Docker: deploy to ONLINE {:.2} s vs docker run by hand to {probe} {:.2} s: ratio {:.2} (median of {OPENCLAW_RUNS})",
+            through_api.as_secs_f64(),
+            by_hand.as_secs_f64(),
+            through_api.as_secs_f64() / by_hand.as_secs_f64()
+        );
+    }
 }
 
 /// Fills `root` with `total` bytes in files of 1 to 8 MiB: half random
@@ -338,5 +427,8 @@ async fn main() {
     }
     if selected("backup") {
         bench_backup().await;
+    }
+    if selected("docker") {
+        bench_docker().await;
     }
 }
