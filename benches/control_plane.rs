@@ -220,32 +220,41 @@ async fn bench_openclaw() {
     );
 }
 
+/// One image measured on the Docker runtime.
+struct ContainerCase {
+    agent_type: &'static str,
+    image: String,
+    uid: u32,
+    mount: &'static str,
+    args: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
+}
+
 /// Runs a container the way `runtime-docker` does, by hand with the
-/// `docker` client, and times it until `probe_path` returns 200.
-async fn container_by_hand(engine: &common::docker::Engine, image: &str, uid: &str, mount: &str, args: &[String], env: &[(&str, &str)], port: u16, probe_path: &str) -> Duration {
+/// `docker` client, and times it until `/healthz` returns 200.
+async fn container_by_hand(engine: &common::docker::Engine, case: &ContainerCase, port: u16) -> Duration {
     let workspace = tempfile::tempdir().unwrap();
-    let owner: u32 = uid.parse().unwrap();
-    std::os::unix::fs::chown(workspace.path(), Some(owner), Some(owner)).unwrap();
+    std::os::unix::fs::chown(workspace.path(), Some(case.uid), Some(case.uid)).unwrap();
     let name = format!("agentstead-bench-{port}");
     let publish = format!("127.0.0.1:{port}:{port}");
-    let volume = format!("{}:{mount}", workspace.path().display());
-    let user = format!("{uid}:{uid}");
+    let volume = format!("{}:{}", workspace.path().display(), case.mount);
+    let user = format!("{uid}:{uid}", uid = case.uid);
     let mut command: Vec<String> = ["run", "-d", "--name", &name, "-p", &publish, "-v", &volume, "--user", &user].map(String::from).to_vec();
-    for (key, value) in env {
+    for (key, value) in &case.env {
         command.push("-e".into());
         command.push(format!("{key}={value}"));
     }
-    command.push(image.into());
-    command.extend(args.iter().cloned());
+    command.push(case.image.clone());
+    command.extend(case.args.iter().cloned());
     let command: Vec<&str> = command.iter().map(String::as_str).collect();
 
     let started = Instant::now();
     engine.docker(&command);
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let healthy = wait_for_healthz(&client, &format!("http://127.0.0.1:{port}{probe_path}"), Duration::from_secs(120)).await;
+    let healthy = wait_for_healthz(&client, &format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(120)).await;
     let elapsed = started.elapsed();
     engine.docker(&["rm", "-f", &name]);
-    assert!(healthy, "{image} run by hand never answered {probe_path}");
+    assert!(healthy, "{} run by hand never returned 200 on /healthz", case.image);
     elapsed
 }
 
@@ -264,40 +273,48 @@ async fn bench_docker() {
     let token = server.user_with_token("bench@example.com");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
 
-    let testkit_args = |port: u16| {
-        let script = format!("mkdir -p /data/www && echo ok > /data/www/healthz && exec httpd -f -p 0.0.0.0:{port} -h /data/www");
-        vec!["/bin/sh".to_string(), "-c".to_string(), script]
-    };
-    let openclaw_args = |port: u16| {
-        ["openclaw", "gateway", "--port", &port.to_string(), "--allow-unconfigured", "--auth", "token", "--bind", "lan"].map(String::from).to_vec()
-    };
-    let openclaw_env = [
-        ("OPENCLAW_STATE_DIR", "/home/node/.openclaw"),
-        ("OPENCLAW_CONFIG_PATH", "/home/node/.openclaw/openclaw.json"),
-        ("HOME", "/home/node/.openclaw"),
-        ("OPENCLAW_GATEWAY_TOKEN", "benchmark-token-benchmark-token"),
-        ("NO_COLOR", "1"),
-    ];
+    let serve = format!("mkdir -p /data/www && echo ok > /data/www/healthz && exec httpd -f -p 0.0.0.0:{port} -h /data/www");
+    let mut cases = vec![ContainerCase {
+        agent_type: "testkit",
+        image: "agentstead/testkit:latest".into(),
+        uid: 65534,
+        mount: "/data",
+        args: vec!["/bin/sh".into(), "-c".into(), serve],
+        env: Vec::new(),
+    }];
     let has_openclaw = engine.docker_command(&["image", "inspect", &openclaw_image]).output().is_ok_and(|o| o.status.success());
-    let cases: Vec<(&str, &str, &str, &str, Vec<String>, &[(&str, &str)], &str)> = {
-        let mut cases = vec![("testkit", "agentstead/testkit:latest", "65534", "/data", testkit_args(port), &[][..], "/healthz")];
-        if has_openclaw {
-            cases.push(("openclaw", openclaw_image.as_str(), "1000", "/home/node/.openclaw", openclaw_args(port), &openclaw_env[..], "/healthz"));
-        } else {
-            println!("OpenClaw on Docker: skipped, the engine has no image {openclaw_image}");
-        }
-        cases
-    };
-    for (agent_type, image, uid, mount, args, env, probe) in cases {
+    if has_openclaw {
+        cases.push(ContainerCase {
+            agent_type: "openclaw",
+            image: openclaw_image.clone(),
+            uid: 1000,
+            mount: "/home/node/.openclaw",
+            args: ["openclaw", "gateway", "--port", &port.to_string(), "--allow-unconfigured", "--auth", "token", "--bind", "lan"]
+                .map(String::from)
+                .to_vec(),
+            env: vec![
+                ("OPENCLAW_STATE_DIR", "/home/node/.openclaw"),
+                ("OPENCLAW_CONFIG_PATH", "/home/node/.openclaw/openclaw.json"),
+                ("HOME", "/home/node/.openclaw"),
+                ("OPENCLAW_GATEWAY_TOKEN", "benchmark-token-benchmark-token"),
+                ("NO_COLOR", "1"),
+            ],
+        });
+    } else {
+        println!("OpenClaw on Docker: skipped, the engine has no image {openclaw_image}");
+    }
+
+    for case in &cases {
         let mut by_hand = Vec::new();
         let mut through_api = Vec::new();
         for _ in 0..OPENCLAW_RUNS {
-            by_hand.push(container_by_hand(&engine, image, uid, mount, &args, env, port, probe).await);
-            through_api.push(deploy_through_api(&server, &token, agent_type).await);
+            by_hand.push(container_by_hand(&engine, case, port).await);
+            through_api.push(deploy_through_api(&server, &token, case.agent_type).await);
         }
         let (by_hand, through_api) = (median(by_hand), median(through_api));
         println!(
-            "{agent_type} on Docker: deploy to ONLINE {:.2} s vs docker run by hand to {probe} {:.2} s: ratio {:.2} (median of {OPENCLAW_RUNS})",
+            "{} on Docker: deploy to ONLINE {:.2} s vs docker run by hand to /healthz {:.2} s: ratio {:.2} (median of {OPENCLAW_RUNS})",
+            case.agent_type,
             through_api.as_secs_f64(),
             by_hand.as_secs_f64(),
             through_api.as_secs_f64() / by_hand.as_secs_f64()

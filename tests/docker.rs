@@ -3,7 +3,7 @@
 //! The engine comes from `AGENTSTEAD_DOCKER_HOST` or `tests/docker/engine.sh`.
 //! Images are built locally `FROM scratch` with a static busybox, because no
 //! public registry is reachable; a local `docker-registry` on 127.0.0.1
-//! stands in for one. Without an engine the tests are skipped with a
+//! replaces one. Without an engine the tests are skipped with a
 //! message, unless `AGENTSTEAD_REQUIRE_DOCKER=1`, as in CI, makes that a
 //! failure.
 
@@ -174,7 +174,7 @@ async fn redeploy_pulls_the_newer_image() {
         engine.build_testkit_image(&local, version);
         engine.docker(&["tag", &local, &remote]);
         engine.docker(&["push", &remote]);
-        // Only the registry holds it now, so a deploy must pull.
+        // Only the registry has it now, so a deploy must pull.
         engine.docker(&["rmi", &remote]);
     };
     push("v1");
@@ -297,7 +297,7 @@ async fn openclaw_container_deploys_to_online() {
     assert_eq!(agent["status"], "ONLINE", "{agent}\n{}", server.log());
     eprintln!("openclaw container ONLINE after {:.1} s", started.elapsed().as_secs_f64());
 
-    // The gateway answers on the published port.
+    // The gateway responds on the published port.
     let public_url = agent["publicUrl"].as_str().unwrap();
     let (status, body) = fetch(&server, &format!("{public_url}/healthz")).await;
     assert_eq!(status, 200);

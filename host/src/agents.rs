@@ -453,10 +453,8 @@ impl AgentService {
             plan.image = settings.image_for(&plan.image);
         }
         write_config_files(&dirs.workspace, &plan.files)?;
-        if context.target == Target::Container {
-            if let Some(uid) = plan.run_as_uid {
-                give_workspace_to(&dirs.workspace, uid)?;
-            }
+        if let (Target::Container, Some(uid)) = (context.target, plan.run_as_uid) {
+            give_workspace_to(&dirs.workspace, uid)?;
         }
         let launch = Launch::from_plan(&plan);
         self.store.set_launch(&agent.id, &serde_json::to_string(&launch).expect("launch serializes")).await?;

@@ -99,7 +99,7 @@ impl Engine {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
         std::fs::write(root.path().join("version"), format!("{version}\n")).unwrap();
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(root.path())
             .args(["-c", "."])
@@ -108,10 +108,11 @@ impl Engine {
             .expect("run tar");
         let status = self
             .docker_command(&["import", "-", tag])
-            .stdin(tar.stdout.unwrap())
+            .stdin(tar.stdout.take().unwrap())
             .stdout(Stdio::null())
             .status()
             .expect("run docker import");
+        assert!(tar.wait().unwrap().success(), "tar of the image root failed");
         assert!(status.success(), "docker import of {tag} failed");
     }
 

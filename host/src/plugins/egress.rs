@@ -19,7 +19,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 /// Time allowed to connect to an endpoint when the plugin sets no limit.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where a granted authority's requests go.
+/// Destination of a granted authority's requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Unix(PathBuf),
@@ -108,7 +108,7 @@ impl WasiHttpHooks for EgressHooks {
         let plugin = Arc::clone(&self.plugin);
         Box::new(async move {
             let Some(endpoint) = endpoint else {
-                tracing::warn!(plugin = %plugin, destination = %host, uri = %request.uri(), "plugin request refused: destination not granted");
+                tracing::warn!(plugin = %plugin, destination = %host, uri = %request.uri(), "plugin request rejected: destination not granted to the plugin");
                 return Err(Error::HttpRequestDenied);
             };
             tracing::debug!(plugin = %plugin, method = %request.method(), path = request.uri().path(), %endpoint, "plugin request");

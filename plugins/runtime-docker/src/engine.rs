@@ -1,7 +1,7 @@
 //! A small HTTP/1.1 client for the Docker Engine API over `wasi:http`.
 //!
 //! Every request goes to the authority `docker`; the host connects it to the
-//! engine endpoint the operator configured and refuses any other authority.
+//! engine endpoint the operator configured and rejects any other authority.
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme};
@@ -25,11 +25,11 @@ pub struct Response {
 impl Response {
     pub fn json<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T, PluginError> {
         serde_json::from_slice(&self.body).map_err(|error| {
-            PluginError::Other(format!("the Docker Engine answered {what} with a body this plugin cannot read: {error}"))
+            PluginError::Other(format!("the Docker Engine responded to {what} with a body this plugin cannot read: {error}"))
         })
     }
 
-    /// The engine's own error text, from `{"message": "..."}`.
+    /// Returns the engine's own error text, from `{"message": "..."}`.
     pub fn message(&self) -> String {
         #[derive(serde::Deserialize)]
         struct EngineError {
@@ -60,7 +60,7 @@ pub fn delete(path: &str) -> Result<Response, PluginError> {
 }
 
 /// Sends a POST whose response is a long stream, such as pull progress;
-/// `on_chunk` sees the body as it arrives and nothing of it is kept.
+/// `on_chunk` receives the body as it arrives and nothing of it is kept.
 pub fn post_streaming(path: &str, on_chunk: &mut dyn FnMut(&[u8])) -> Result<u16, PluginError> {
     send_inner(Method::Post, path, None, on_chunk, false).map(|response| response.status)
 }
@@ -127,7 +127,7 @@ fn send_inner(
                 Err(StreamError::Closed) => break,
                 Err(StreamError::LastOperationFailed(error)) => {
                     return Err(PluginError::Other(format!(
-                        "the Docker Engine's answer to {path} broke off: {}",
+                        "the Docker Engine's response to {path} broke off: {}",
                         error.to_debug_string()
                     )));
                 }
@@ -138,11 +138,11 @@ fn send_inner(
     Ok(Response { status, body: kept })
 }
 
-/// Turns a transport failure into an error that says what to do.
+/// Turns a transport failure into an error that names the fix.
 fn transport_error(path: &str, error: ErrorCode) -> PluginError {
     match error {
         ErrorCode::HttpRequestDenied => PluginError::Unavailable(
-            "the host refused this plugin's request to the Docker Engine; the engine is granted as `docker` \
+            "the host rejected this plugin's request to the Docker Engine; the engine is granted as `docker` \
              through runtime.docker.endpoint"
                 .into(),
         ),

@@ -367,7 +367,7 @@ fn remove_container(container: &str) -> Result<(), PluginError> {
     }
 }
 
-/// The agent id a container carries in its label, if any.
+/// Returns the agent id in a container's label, if any.
 fn agent_label_of(container: &str) -> Result<Option<String>, PluginError> {
     #[derive(Deserialize)]
     struct Inspect {
