@@ -535,7 +535,7 @@ impl AgentService {
         handle: &[u8],
         launch: &Launch,
     ) -> Result<(), AgentError> {
-        let url = probe_url(agent, launch);
+        let url = probe_url(&self.config, agent, launch);
         let deadline = Instant::now() + Duration::from_millis(launch.startup_timeout_ms.into());
         loop {
             let probe = self.probe(&url).await;
@@ -653,8 +653,20 @@ mod observe;
 mod reconcile;
 
 
-fn probe_url(agent: &AgentRow, launch: &Launch) -> String {
-    format!("http://127.0.0.1:{}{}", agent.port, launch.health_path)
+/// Returns the URL of the agent's health probe: its port on loopback, or on
+/// the address a container runtime publishes it on, where a user reaches it.
+fn probe_url(config: &Config, agent: &AgentRow, launch: &Launch) -> String {
+    let docker = &config.runtime.docker;
+    let published_elsewhere = agent.runtime == crate::app::DOCKER_PLUGIN
+        && docker.network == crate::config::DockerNetwork::Bridge
+        && !docker.publish_address.is_unspecified()
+        && !docker.publish_address.is_loopback();
+    let host = match docker.publish_address {
+        std::net::IpAddr::V6(address) if published_elsewhere => format!("[{address}]"),
+        address if published_elsewhere => address.to_string(),
+        _ => "127.0.0.1".to_string(),
+    };
+    format!("http://{host}:{}{}", agent.port, launch.health_path)
 }
 
 
@@ -859,5 +871,41 @@ mod tests {
         assert!(!is_env_name("1X"));
         assert!(!is_env_name("A-B"));
         assert!(!is_env_name(""));
+    }
+
+    #[test]
+    fn probe_follows_the_published_address() {
+        let agent = |runtime: &str| AgentRow {
+            id: "tk-abcdef".into(),
+            user_id: "usr_x".into(),
+            name: "n".into(),
+            agent_type: "testkit".into(),
+            region: "eu".into(),
+            runtime: runtime.into(),
+            port: 20001,
+            status: "ONLINE".into(),
+            status_message: None,
+            desired: "running".into(),
+            handle: None,
+            launch: None,
+            created_at: 0,
+            updated_at: 0,
+            started_at: None,
+            secrets_changed_at: None,
+        };
+        let launch = Launch::of(&agent("runtime-docker"));
+        let mut config = Config::default();
+        assert_eq!(probe_url(&config, &agent("runtime-docker"), &launch), "http://127.0.0.1:20001/");
+
+        config.runtime.docker.publish_address = "10.1.2.3".parse().unwrap();
+        assert_eq!(probe_url(&config, &agent("runtime-docker"), &launch), "http://10.1.2.3:20001/");
+        assert_eq!(probe_url(&config, &agent("runtime-process"), &launch), "http://127.0.0.1:20001/");
+
+        config.runtime.docker.publish_address = "0.0.0.0".parse().unwrap();
+        assert_eq!(probe_url(&config, &agent("runtime-docker"), &launch), "http://127.0.0.1:20001/");
+
+        config.runtime.docker.publish_address = "10.1.2.3".parse().unwrap();
+        config.runtime.docker.network = crate::config::DockerNetwork::Host;
+        assert_eq!(probe_url(&config, &agent("runtime-docker"), &launch), "http://127.0.0.1:20001/");
     }
 }

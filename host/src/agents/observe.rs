@@ -40,7 +40,7 @@ impl AgentService {
     pub async fn health(&self, user_id: &str, agent_id: &str) -> Result<HealthReport, AgentError> {
         let agent = self.get(user_id, agent_id).await?;
         let launch = Launch::of(&agent);
-        let probe_url = probe_url(&agent, &launch);
+        let probe_url = probe_url(&self.config, &agent, &launch);
         let task = match agent.handle.clone() {
             Some(handle) => {
                 let runtime = self.plugins.get(&agent.runtime)?;

@@ -72,7 +72,7 @@ impl AgentService {
                 // Adopt the task: a host restart during startup, or an agent in
                 // ERROR whose probe passes again.
                 let launch = Launch::of(&agent);
-                if self.probe(&probe_url(&agent, &launch)).await.healthy {
+                if self.probe(&probe_url(&self.config, &agent, &launch)).await.healthy {
                     self.settle(&agent, AgentStatus::Online, None, "recovered: the task runs and its health probe passes").await;
                 } else if startup || !status.is_settled() {
                     tracing::info!(agent_id = %agent.id, "reconcile: task runs; waiting for its health probe");
