@@ -230,3 +230,18 @@ async fn plugin_requests_reach_only_granted_endpoints() {
     assert_eq!(other_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert_eq!(granted_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn plugin_list_shows_builtins_and_files() {
+    let server = Server::start().await;
+    let output = server.cli(&["plugin", "list"], None);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let row = |name: &str| text.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name} in:\n{text}")).to_string();
+    let columns = |line: String| line.split_whitespace().take(5).map(String::from).collect::<Vec<_>>();
+    assert_eq!(columns(row("runtime-docker")), ["runtime-docker", "runtime", "0.1.0", "0.1.0", "built-in"]);
+    assert_eq!(columns(row("storage-tar"))[1], "storage");
+    let testkit = columns(row("agent-testkit"));
+    assert_eq!(testkit[1], "agent");
+    assert!(testkit[4].ends_with("agent-testkit.wasm"), "{testkit:?}");
+}

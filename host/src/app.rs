@@ -57,10 +57,21 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 
 /// The HTTP destinations each runtime plugin may reach: `runtime-docker`
 /// reaches the configured Docker Engine as `docker`, and nothing else is granted.
-fn egress_grants(config: &Config) -> anyhow::Result<BTreeMap<String, EgressGrant>> {
+pub fn egress_grants(config: &Config) -> anyhow::Result<BTreeMap<String, EgressGrant>> {
     let engine = crate::plugins::egress::Endpoint::parse(&config.runtime.docker.endpoint)
         .map_err(|reason| anyhow::anyhow!("runtime.docker.endpoint: {reason}"))?;
     Ok(BTreeMap::from([(DOCKER_PLUGIN.to_string(), EgressGrant::new(BTreeMap::from([("docker".to_string(), engine)])))]))
+}
+
+/// Loads the built-in plugins and those of `plugins.dir` with the
+/// configured limits and grants.
+pub async fn load_plugins(config: &Config) -> anyhow::Result<PluginHost> {
+    let limits = Limits {
+        memory_limit_mib: config.plugins.memory_limit_mib,
+        call_timeout: Duration::from_millis(config.plugins.call_timeout_ms),
+    };
+    let supervisor = Arc::new(ProcessSupervisor::new(&config.runtime.process));
+    Ok(PluginHost::new(limits, supervisor, config.plugins.dir.as_deref(), egress_grants(config)?).await?)
 }
 
 /// Name of the Docker runtime plugin, which the `[runtime.docker]` settings configure.
@@ -73,12 +84,7 @@ impl App {
         let store = open_store(&config).await?;
         let host_key = Arc::new(HostKey::load_or_create(&config.data_dir.join("host.key"))?);
 
-        let limits = Limits {
-            memory_limit_mib: config.plugins.memory_limit_mib,
-            call_timeout: Duration::from_millis(config.plugins.call_timeout_ms),
-        };
-        let supervisor = Arc::new(ProcessSupervisor::new(&config.runtime.process));
-        let plugins = Arc::new(PluginHost::new(limits, supervisor, config.plugins.dir.as_deref(), egress_grants(&config)?).await?);
+        let plugins = Arc::new(load_plugins(&config).await?);
         for (name, region) in &config.regions {
             let runtime = plugins
                 .get(&region.runtime)

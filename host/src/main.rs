@@ -55,6 +55,17 @@ enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
+    /// Show the plugins this configuration loads.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// List every loaded plugin: name, kind, version, ABI and where it comes from.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -174,6 +185,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User { command: UserCommand::Create { email, password_stdin: _ } } => create_user(&config, &email).await,
         Command::Token { command: TokenCommand::Create { email, name, scopes, expires_at } } => {
             create_token(&config, &email, &name, &scopes, expires_at.as_deref()).await
+        }
+        Command::Plugin { command: PluginCommand::List } => {
+            config.validate()?;
+            let host = agentstead::app::load_plugins(&config).await?;
+            println!("{:<24} {:<8} {:<8} {:<6} {:<10} DESCRIPTION", "NAME", "KIND", "VERSION", "ABI", "SOURCE");
+            for plugin in host.list() {
+                let source = match &plugin.source {
+                    agentstead::plugins::PluginSource::Builtin => "built-in".to_string(),
+                    agentstead::plugins::PluginSource::File(path) => path.display().to_string(),
+                };
+                let kind = match plugin.info.kind {
+                    agentstead::plugins::PluginKind::Agent => "agent",
+                    agentstead::plugins::PluginKind::Runtime => "runtime",
+                    agentstead::plugins::PluginKind::Storage => "storage",
+                };
+                let info = &plugin.info;
+                println!("{:<24} {kind:<8} {:<8} {:<6} {source:<10} {}", info.name, info.version, info.abi, info.description);
+            }
+            Ok(())
         }
         Command::Secrets { command: SecretsCommand::RotateKey } => {
             let database = config.database_path();
