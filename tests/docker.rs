@@ -236,6 +236,7 @@ async fn engine_errors_name_the_fix() {
     let token = server.user_with_token("ops@example.com");
     let message = failed_deploy(&server, &token, "unpullable").await;
     assert!(message.contains(&format!("pulling image `127.0.0.1:{closed}/absent:1` failed")), "{message}");
+    assert!(message.contains("connection refused"), "the engine's own reason: {message}");
     drop(server);
 
     let server = Server::start_with(docker_options(&engine, "bridge", "missing", "")).await;

@@ -259,19 +259,23 @@ impl AgentTypeConfig {
     /// Returns the image to run, given the plugin's default reference.
     pub fn image_for(&self, default: &str) -> String {
         let image = self.image.clone().unwrap_or_else(|| default.to_string());
-        let Some(tag) = &self.tag else {
-            return image;
-        };
-        // A tag follows the last `:` after the last `/`; a `:` before it
-        // belongs to a registry's port. A digest pins the image, so the tag
-        // replaces it too.
-        let without_digest = image.split('@').next().unwrap_or(&image);
+        match &self.tag {
+            // A digest pins the image, so the tag replaces it too.
+            Some(tag) => format!("{}:{tag}", Self::repository_of(&image)),
+            None => image,
+        }
+    }
+
+    /// Returns an image reference without its tag and digest. A tag follows
+    /// the last `:` after the last `/`; a `:` before it belongs to a
+    /// registry's port.
+    fn repository_of(image: &str) -> &str {
+        let without_digest = image.split('@').next().unwrap_or(image);
         let name_start = without_digest.rfind('/').map_or(0, |slash| slash + 1);
-        let repository = match without_digest[name_start..].rfind(':') {
+        match without_digest[name_start..].rfind(':') {
             Some(colon) => &without_digest[..name_start + colon],
             None => without_digest,
-        };
-        format!("{repository}:{tag}")
+        }
     }
 }
 
@@ -419,11 +423,12 @@ impl Config {
                     let valid = !value.is_empty()
                         && !value.starts_with(['-', ':', '/', '@'])
                         && value.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:@+".contains(c))
-                        && (field == "image" || !value.contains(['/', ':', '@']));
+                        && (field == "image" || !value.contains(['/', ':', '@']))
+                        && (field == "tag" || !AgentTypeConfig::repository_of(value).chars().any(|c| c.is_ascii_uppercase()));
                     if !valid {
                         return Err(invalid(
                             format!("agent_types.{agent_type}.{field}"),
-                            format!("`{value}` is not a valid image {field}; use a form such as `registry:5000/name:1.2` for image or `1.2` for tag"),
+                            format!("`{value}` is invalid; use an image reference such as `registry:5000/name:1.2` for image, or a tag such as `1.2` for tag"),
                         ));
                     }
                 }
@@ -522,7 +527,7 @@ mod tests {
 
     #[test]
     fn bad_image_settings_are_rejected() {
-        for (field, value) in [("image", "-rm"), ("image", "a b"), ("tag", "1/2"), ("tag", "")] {
+        for (field, value) in [("image", "-rm"), ("image", "a b"), ("image", "Library/OpenClaw:1"), ("tag", "1/2"), ("tag", "")] {
             let text = format!("[agent_types.openclaw]\n{field} = \"{value}\"\n");
             let config: Config = toml::from_str(&text).unwrap();
             let error = config.validate().unwrap_err().to_string();

@@ -36,7 +36,7 @@ impl Endpoint {
             }
             return Ok(Endpoint::Unix(PathBuf::from(path)));
         }
-        if let Some(address) = text.strip_prefix("tcp://").or_else(|| text.strip_prefix("http://")) {
+        if let Some(address) = text.strip_prefix("tcp://") {
             let address = address.trim_end_matches('/');
             let valid = address
                 .rsplit_once(':')
@@ -112,7 +112,11 @@ impl WasiHttpHooks for EgressHooks {
                 return Err(Error::HttpRequestDenied);
             };
             tracing::debug!(plugin = %plugin, method = %request.method(), path = request.uri().path(), %endpoint, "plugin request");
-            send(&endpoint, request, options).await
+            let result = send(&endpoint, request, options).await;
+            if let Err(error) = &result {
+                tracing::warn!(plugin = %plugin, destination = %host, %endpoint, %error, "plugin request to a granted endpoint failed");
+            }
+            result
         })
     }
 }
@@ -191,7 +195,7 @@ mod tests {
     fn endpoints_parse() {
         assert_eq!(Endpoint::parse("unix:///var/run/docker.sock"), Ok(Endpoint::Unix("/var/run/docker.sock".into())));
         assert_eq!(Endpoint::parse("tcp://127.0.0.1:2375"), Ok(Endpoint::Tcp("127.0.0.1:2375".into())));
-        for bad in ["unix://relative.sock", "tcp://127.0.0.1", "tcp://:80", "https://x:1", "/var/run/docker.sock"] {
+        for bad in ["unix://relative.sock", "tcp://127.0.0.1", "tcp://:80", "https://x:1", "http://x:1", "/var/run/docker.sock"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad} parsed");
         }
     }

@@ -147,9 +147,14 @@ fn transport_error(path: &str, error: ErrorCode) -> PluginError {
                 .into(),
         ),
         ErrorCode::ConnectionRefused | ErrorCode::DestinationNotFound | ErrorCode::DestinationUnavailable => {
+            let reason = match error {
+                ErrorCode::ConnectionRefused => "connection refused",
+                ErrorCode::DestinationNotFound => "no such socket or host",
+                _ => "destination unavailable",
+            };
             PluginError::Unavailable(format!(
-                "cannot reach the Docker Engine ({error:?}); start dockerd, or set runtime.docker.endpoint \
-                 to where it listens, such as unix:///var/run/docker.sock"
+                "cannot reach the Docker Engine at runtime.docker.endpoint ({reason}; the server log names the \
+                 endpoint); start dockerd, or set runtime.docker.endpoint to where it listens"
             ))
         }
         ErrorCode::ConnectionTimeout => PluginError::Unavailable(

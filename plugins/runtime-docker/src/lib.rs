@@ -170,7 +170,7 @@ impl RuntimeDriver for DockerRuntime {
                     // The engine keeps the container; remove it so a later start is clean.
                     let _ = remove_container(&container);
                     return Err(PluginError::Conflict(format!(
-                        "host port {} is already in use ({message}); stop what listens on it, or delete the agent and deploy a new one to get another port",
+                        "host port {} is already in use ({message}); stop what listens on it and start the agent again, or delete the agent and deploy a new one to get another port",
                         spec.port
                     )));
                 }
@@ -491,9 +491,9 @@ fn ensure_image(image: &str, policy: Pull) -> Result<(), PluginError> {
         Ok(response.ok())
     };
     match policy {
-        Pull::Always => pull(image),
+        Pull::Always => pull(image, policy),
         Pull::Missing if present()? => Ok(()),
-        Pull::Missing => pull(image),
+        Pull::Missing => pull(image, policy),
         Pull::Never if present()? => Ok(()),
         Pull::Never => Err(missing_image(image, policy)),
     }
@@ -508,7 +508,7 @@ fn missing_image(image: &str, policy: Pull) -> PluginError {
 }
 
 /// Pulls `image`, reading the engine's progress stream for an error.
-fn pull(image: &str) -> Result<(), PluginError> {
+fn pull(image: &str, policy: Pull) -> Result<(), PluginError> {
     let reference = with_default_tag(image);
     log(Level::Info, &format!("pulling {reference}"));
     let mut pending_line = Vec::new();
@@ -517,10 +517,8 @@ fn pull(image: &str) -> Result<(), PluginError> {
         pending_line.extend_from_slice(chunk);
         while let Some(newline) = pending_line.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending_line.drain(..=newline).collect();
-            if let Ok(progress) = serde_json::from_slice::<Value>(&line) {
-                if let Some(error) = progress.get("error").and_then(Value::as_str) {
-                    last_error = Some(error.to_string());
-                }
+            if let Some(error) = pull_error(&line) {
+                last_error = Some(error);
             }
         }
         // A line without an end is kept only up to a sane size.
@@ -528,20 +526,30 @@ fn pull(image: &str) -> Result<(), PluginError> {
             pending_line.clear();
         }
     })?;
-    if let Ok(progress) = serde_json::from_slice::<Value>(&pending_line) {
-        if let Some(error) = progress.get("error").or_else(|| progress.get("message")).and_then(Value::as_str) {
-            last_error = Some(error.to_string());
-        }
+    if let Some(error) = pull_error(&pending_line) {
+        last_error = Some(error);
     }
-    match (status, last_error) {
-        (200, None) => Ok(()),
-        (_, error) => Err(PluginError::Unavailable(format!(
-            "pulling image `{reference}` failed: {}; check the name and tag, that the registry is reachable from the \
-             engine and that the engine is logged in to it, or set runtime.docker.pull = \"missing\" to run an image \
-             already on the engine",
-            error.unwrap_or_else(|| format!("HTTP {status}"))
-        ))),
-    }
+    let reason = match (status, last_error) {
+        (200, None) => return Ok(()),
+        (_, Some(error)) => error,
+        (status, None) => format!("HTTP {status}"),
+    };
+    let local = match policy {
+        Pull::Always => ", or set runtime.docker.pull = \"missing\" to run an image already on the engine",
+        _ => "",
+    };
+    Err(PluginError::Unavailable(format!(
+        "pulling image `{reference}` failed: {reason}; check the image name and tag (agent_types.TYPE.image and tag), \
+         that the registry is reachable from the engine and that the engine is logged in to it{local}"
+    )))
+}
+
+/// Returns the error in one line of the engine's pull output: `error` in a
+/// progress line, or `message` in an error response.
+fn pull_error(line: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(line).ok()?;
+    let error = value.get("error").or_else(|| value.get("message"))?.as_str()?;
+    Some(error.to_string())
 }
 
 /// Adds `:latest` to a reference without a tag or digest, because a pull
