@@ -267,8 +267,8 @@ async fn engine_errors_name_the_fix() {
     assert!(message.contains(&format!("host port {port} is already in use")), "{message}");
 }
 
-/// The OpenClaw image built by `tests/docker/openclaw-image.sh`, if the
-/// engine holds it.
+/// Returns the OpenClaw image built by `tests/docker/openclaw-image.sh`, if
+/// the engine has it.
 fn openclaw_image(engine: &Engine) -> Option<String> {
     let image = std::env::var("AGENTSTEAD_OPENCLAW_IMAGE").unwrap_or_else(|_| "agentstead/openclaw:2026.9.6".into());
     let present = engine.docker_command(&["image", "inspect", &image]).output().is_ok_and(|output| output.status.success());

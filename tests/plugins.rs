@@ -221,11 +221,11 @@ async fn plugin_requests_reach_only_granted_endpoints() {
     assert!(reached.contains("answered HTTP 200"), "{reached}");
     assert_eq!(granted_hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 
-    // Any other destination is refused before a connection is made, by
+    // Any other destination is rejected before a connection is made, by
     // address, by name, and with the granted endpoint's own address.
     for destination in [other.to_string(), format!("localhost:{}", other.port()), granted.to_string()] {
-        let refused = probe_egress(&host, &destination).await;
-        assert!(refused.contains("HttpRequestDenied"), "{destination}: {refused}");
+        let rejected = probe_egress(&host, &destination).await;
+        assert!(rejected.contains("HttpRequestDenied"), "{destination}: {rejected}");
     }
     assert_eq!(other_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert_eq!(granted_hits.load(std::sync::atomic::Ordering::SeqCst), 1);

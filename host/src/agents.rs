@@ -703,7 +703,7 @@ fn deploy_context(
     }
 }
 
-/// The operator's settings for a runtime plugin, from its configuration table.
+/// Returns the operator's settings for a runtime plugin, from its configuration table.
 fn runtime_settings(config: &Config, runtime: &str) -> Vec<Setting> {
     if runtime != crate::app::DOCKER_PLUGIN {
         return Vec::new();

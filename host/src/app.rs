@@ -55,7 +55,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Store::open_sqlite(&path).await.with_context(|| format!("cannot open the database {}", path.display()))
 }
 
-/// The HTTP destinations each runtime plugin may reach: `runtime-docker`
+/// Returns the HTTP destinations each runtime plugin may reach. `runtime-docker`
 /// reaches the configured Docker Engine as `docker`, and nothing else is granted.
 pub fn egress_grants(config: &Config) -> anyhow::Result<BTreeMap<String, EgressGrant>> {
     let engine = crate::plugins::egress::Endpoint::parse(&config.runtime.docker.endpoint)

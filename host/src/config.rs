@@ -179,7 +179,7 @@ pub struct RuntimeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DockerRuntimeConfig {
-    /// Where the engine listens: `unix:///PATH` or `tcp://HOST:PORT` (plain
+    /// Address of the engine: `unix:///PATH` or `tcp://HOST:PORT` (plain
     /// HTTP). The plugin reaches it, and nothing else, as the authority
     /// `docker`. Default: `DOCKER_HOST` when set, else
     /// `unix:///var/run/docker.sock`.

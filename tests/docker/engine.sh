@@ -7,7 +7,7 @@
 # The engine keeps its images under CACHE_DIR/docker, so images built for
 # the tests (the OpenClaw image takes minutes) survive between runs. It runs
 # without iptables rules; published ports go through the engine's userland
-# proxy on the address the test asks for.
+# proxy on the address the test requests.
 set -eu
 
 socket=/tmp/agentstead-docker.sock

@@ -5,7 +5,7 @@
 #
 # Usage: tests/docker/openclaw-image.sh IMAGE OPENCLAW_DIR
 #   IMAGE         name to give the image, such as agentstead/openclaw:2026.9.6
-#   OPENCLAW_DIR  directory whose node_modules holds node@24 and openclaw
+#   OPENCLAW_DIR  directory whose node_modules contains node@24 and openclaw
 #
 # DOCKER_HOST names the engine. The image runs as uid 1000 with
 # OPENCLAW_DIR/node_modules/.bin on its PATH and has no entrypoint, so the
@@ -36,7 +36,7 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
 fi
 
 # The base's files, the install under /opt/openclaw, and a user `node`
-# with uid 1000 whose home holds the workspace mount point.
+# with uid 1000 whose home contains the workspace mount point.
 mkdir "$work/root"
 container=$(docker create "$base" /bin/true)
 docker export "$container" | tar -C "$work/root" -x

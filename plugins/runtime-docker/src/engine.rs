@@ -23,9 +23,9 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn json<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T, PluginError> {
+    pub fn json<T: serde::de::DeserializeOwned>(&self, request: &str) -> Result<T, PluginError> {
         serde_json::from_slice(&self.body).map_err(|error| {
-            PluginError::Other(format!("the Docker Engine responded to {what} with a body this plugin cannot read: {error}"))
+            PluginError::Other(format!("the Docker Engine responded to {request} with a body this plugin cannot read: {error}"))
         })
     }
 
@@ -59,8 +59,8 @@ pub fn delete(path: &str) -> Result<Response, PluginError> {
     send(Method::Delete, path, None, &mut |_| {})
 }
 
-/// Sends a POST whose response is a long stream, such as pull progress;
-/// `on_chunk` receives the body as it arrives and nothing of it is kept.
+/// Sends a POST whose response is a long stream, such as pull progress.
+/// `on_chunk` receives the body as it arrives, and none of it is kept.
 pub fn post_streaming(path: &str, on_chunk: &mut dyn FnMut(&[u8])) -> Result<u16, PluginError> {
     send_inner(Method::Post, path, None, on_chunk, false).map(|response| response.status)
 }
@@ -87,7 +87,7 @@ fn send_inner(
     let length = body.map_or(0, <[u8]>::len).to_string();
     headers.set("content-length", &[length.into_bytes()]).map_err(header_error)?;
     let request = OutgoingRequest::new(headers);
-    let invalid = |what: &str| PluginError::Other(format!("cannot build the request to {path}: invalid {what}"));
+    let invalid = |part: &str| PluginError::Other(format!("cannot build the request to {path}: invalid {part}"));
     request.set_method(&method).map_err(|()| invalid("method"))?;
     request.set_scheme(Some(&Scheme::Http)).map_err(|()| invalid("scheme"))?;
     request.set_authority(Some("docker")).map_err(|()| invalid("authority"))?;
@@ -113,15 +113,15 @@ fn send_inner(
     };
     let status = response.status();
     let incoming = response.consume().map_err(|()| invalid("response body"))?;
-    let mut kept = Vec::new();
+    let mut body = Vec::new();
     {
         let stream = incoming.stream().map_err(|()| invalid("response stream"))?;
         loop {
             match stream.blocking_read(64 * 1024) {
                 Ok(chunk) => {
                     on_chunk(&chunk);
-                    if keep_body && kept.len() < MAX_BODY {
-                        kept.extend_from_slice(&chunk[..chunk.len().min(MAX_BODY - kept.len())]);
+                    if keep_body && body.len() < MAX_BODY {
+                        body.extend_from_slice(&chunk[..chunk.len().min(MAX_BODY - body.len())]);
                     }
                 }
                 Err(StreamError::Closed) => break,
@@ -135,7 +135,7 @@ fn send_inner(
         }
     }
     drop(IncomingBody::finish(incoming));
-    Ok(Response { status, body: kept })
+    Ok(Response { status, body })
 }
 
 /// Turns a transport failure into an error that names the fix.

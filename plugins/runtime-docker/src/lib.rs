@@ -148,7 +148,8 @@ impl RuntimeDriver for DockerRuntime {
     fn start(handle: Vec<u8>, spec: TaskSpec) -> Result<Vec<u8>, PluginError> {
         let handle = Handle::decode(&handle)?;
         let settings = Settings::of(&spec)?;
-        let container = match inspect_container(&handle.container)? {
+        let state = inspect_container(&handle.container)?.map(|container| container.state);
+        let container = match state {
             Some(state) if state.running => return Ok(handle.encode()),
             // Fresh from `create`: it already has the current spec.
             Some(state) if state.status == "created" => handle.container,
@@ -203,7 +204,7 @@ impl RuntimeDriver for DockerRuntime {
 
     fn inspect(handle: Vec<u8>) -> Result<TaskStatus, PluginError> {
         let handle = Handle::decode(&handle)?;
-        let Some(state) = inspect_container(&handle.container)? else {
+        let Some(Container { state, .. }) = inspect_container(&handle.container)? else {
             return Ok(TaskStatus {
                 state: TaskState::Missing,
                 pid: None,
@@ -337,18 +338,32 @@ struct ContainerState {
     error: String,
 }
 
-/// Returns the container's state, or `None` when it does not exist.
-fn inspect_container(container: &str) -> Result<Option<ContainerState>, PluginError> {
+/// A container as the engine reports it: its state and the agent it belongs to.
+struct Container {
+    state: ContainerState,
+    agent_label: Option<String>,
+}
+
+/// Inspects a container by id or name, or returns `None` when it does not exist.
+fn inspect_container(container: &str) -> Result<Option<Container>, PluginError> {
     #[derive(Deserialize)]
     struct Inspect {
         #[serde(rename = "State", default)]
         state: ContainerState,
+        #[serde(rename = "Config", default)]
+        config: InspectConfig,
+    }
+    #[derive(Deserialize, Default)]
+    struct InspectConfig {
+        #[serde(rename = "Labels", default)]
+        labels: Option<std::collections::BTreeMap<String, String>>,
     }
     let response = engine::get(&format!("/containers/{container}/json"))?;
     match response.status {
         200 => {
             let inspect: Inspect = response.json("the container inspection")?;
-            Ok(Some(inspect.state))
+            let agent_label = inspect.config.labels.and_then(|mut labels| labels.remove(AGENT_LABEL));
+            Ok(Some(Container { state: inspect.state, agent_label }))
         }
         404 => Ok(None),
         _ => Err(PluginError::Other(format!("cannot inspect container {container}: {}", response.message()))),
@@ -367,26 +382,6 @@ fn remove_container(container: &str) -> Result<(), PluginError> {
     }
 }
 
-/// Returns the agent id in a container's label, if any.
-fn agent_label_of(container: &str) -> Result<Option<String>, PluginError> {
-    #[derive(Deserialize)]
-    struct Inspect {
-        #[serde(rename = "Config")]
-        config: Config,
-    }
-    #[derive(Deserialize)]
-    struct Config {
-        #[serde(rename = "Labels", default)]
-        labels: Option<std::collections::BTreeMap<String, String>>,
-    }
-    let response = engine::get(&format!("/containers/{container}/json"))?;
-    if response.status == 404 {
-        return Ok(None);
-    }
-    let inspect: Inspect = response.json("the container inspection")?;
-    Ok(inspect.config.labels.and_then(|mut labels| labels.remove(AGENT_LABEL)))
-}
-
 fn create_container(spec: &TaskSpec, settings: &Settings, name: &str) -> Result<String, PluginError> {
     if spec.workspace_mount.is_empty() || !spec.workspace_mount.starts_with('/') {
         return Err(PluginError::InvalidInput(format!(
@@ -400,7 +395,8 @@ fn create_container(spec: &TaskSpec, settings: &Settings, name: &str) -> Result<
     if response.status == 409 {
         // A container of this name is left from an earlier attempt, such as
         // a host that stopped between creating it and recording its handle.
-        match agent_label_of(name)? {
+        let owner = inspect_container(name)?.and_then(|container| container.agent_label);
+        match owner {
             Some(owner) if owner == spec.agent_id => {
                 log(Level::Info, &format!("removing the leftover container {name} before creating it again"));
                 remove_container(name)?;
@@ -481,7 +477,7 @@ fn signal_name(signal: StopSignal) -> &'static str {
     }
 }
 
-/// Makes sure the engine holds `image`, pulling it as `policy` says.
+/// Ensures the engine has `image`, pulling it as `policy` requires.
 fn ensure_image(image: &str, policy: Pull) -> Result<(), PluginError> {
     if !is_image_ref(image) {
         return Err(PluginError::InvalidInput(format!("`{image}` is not an image reference")));
