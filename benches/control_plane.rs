@@ -42,7 +42,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn bench_plan() {
     let limits = Limits { memory_limit_mib: 64, call_timeout: Duration::from_secs(5) };
     let supervisor = Arc::new(ProcessSupervisor::new(&ProcessRuntimeConfig::default()));
-    let host = PluginHost::new(limits, supervisor, None, Default::default()).await.expect("load the built-in plugins");
+    let host = PluginHost::new(agentstead::plugins::HostOptions::confined(limits), supervisor).await.expect("load the built-in plugins");
     let driver = host.agent_type("openclaw").expect("openclaw plugin");
     let context = DeployContext {
         agent_id: "oc-bench1".into(),

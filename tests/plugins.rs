@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use agentstead::config::ProcessRuntimeConfig;
 use agentstead::plugins::bindings::Target;
-use agentstead::plugins::{DeployContext, LaunchPlan, Limits, PluginHost, ProcessSupervisor};
+use agentstead::plugins::{DeployContext, HostOptions, LaunchPlan, Limits, PluginHost, Policy, ProcessSupervisor};
 use common::{Options, Server};
 use serde_json::json;
 
 async fn host() -> PluginHost {
     let limits = Limits { memory_limit_mib: 64, call_timeout: Duration::from_secs(5) };
     let supervisor = Arc::new(ProcessSupervisor::new(&ProcessRuntimeConfig::default()));
-    PluginHost::new(limits, supervisor, None, Default::default()).await.unwrap()
+    PluginHost::new(HostOptions::confined(limits), supervisor).await.unwrap()
 }
 
 fn context(agent_id: &str, target: Target, secrets: &[&str]) -> DeployContext {
@@ -193,9 +193,8 @@ async fn probe_egress(host: &PluginHost, authority: &str) -> String {
         stop_grace_ms: 0,
         settings: Vec::new(),
     };
-    let grant = agentstead::plugins::ProcessGrant { supervisor: Arc::clone(host.supervisor()), root: "/nonexistent".into() };
     let outcome = host
-        .runtime_call(&plugin, "tk-egress", grant, Duration::ZERO, move |r, s| {
+        .runtime_call(&plugin, "tk-egress", "/nonexistent".into(), Duration::ZERO, move |r, s| {
             Box::pin(async move { r.agentstead_plugin_runtime_driver().call_create(s, &spec).await })
         })
         .await;
@@ -211,10 +210,15 @@ async fn plugin_requests_reach_only_granted_endpoints() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(env!("AGENTSTEAD_EGRESS_PROBE_WASM"), dir.path().join("probe.wasm")).unwrap();
     let routes = std::collections::BTreeMap::from([("engine".to_string(), Endpoint::Tcp(granted.to_string()))]);
-    let egress = std::collections::BTreeMap::from([("runtime-egress-probe".to_string(), EgressGrant::new(routes))]);
     let limits = Limits { memory_limit_mib: 64, call_timeout: Duration::from_secs(5) };
+    let policy = Policy { egress: EgressGrant::new(routes), ..Policy::confined(limits) };
+    let options = HostOptions {
+        policies: std::collections::BTreeMap::from([("runtime-egress-probe".to_string(), policy)]),
+        plugin_dir: Some(dir.path().to_path_buf()),
+        ..HostOptions::confined(limits)
+    };
     let supervisor = Arc::new(ProcessSupervisor::new(&ProcessRuntimeConfig::default()));
-    let host = PluginHost::new(limits, supervisor, Some(dir.path()), egress).await.unwrap();
+    let host = PluginHost::new(options, supervisor).await.unwrap();
 
     // The granted authority is connected to its endpoint.
     let reached = probe_egress(&host, "engine").await;

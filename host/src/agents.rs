@@ -22,7 +22,7 @@ use crate::hostkey::HostKey;
 use crate::ids;
 use crate::plugins::bindings::{ConfigFile, Setting, Target, TaskState};
 use crate::plugins::{
-    DeployContext, EnvVar, GuestErrorMessage, LaunchPlan, LoadedPlugin, PluginError, PluginHost, ProcessGrant,
+    DeployContext, EnvVar, GuestErrorMessage, LaunchPlan, LoadedPlugin, PluginError, PluginHost,
     StopSignal, TaskSpec, TaskStatus,
 };
 use crate::secrets::{Keyring, SecretError};
@@ -611,11 +611,8 @@ impl AgentService {
         ) -> crate::plugins::GuestCall<'a, T>,
         T: Send,
     {
-        let grant = ProcessGrant {
-            supervisor: Arc::clone(self.plugins.supervisor()),
-            root: AgentDirs::new(&self.config, &agent.id).root,
-        };
-        Ok(self.plugins.runtime_call(runtime, &agent.id, grant, extra, call).await?)
+        let root = AgentDirs::new(&self.config, &agent.id).root;
+        Ok(self.plugins.runtime_call(runtime, &agent.id, root, extra, call).await?)
     }
 
     /// Appends to the agent's event log; a failure is logged, not returned.

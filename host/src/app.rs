@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use poem::http::StatusCode;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::middleware::CatchPanic;
@@ -21,7 +21,8 @@ use crate::api::{self, ApiError, ApiState};
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::hostkey::HostKey;
-use crate::plugins::{EgressGrant, Limits, PluginHost, ProcessSupervisor};
+use crate::plugins::egress::Endpoint as PluginEndpoint;
+use crate::plugins::{EgressGrant, HostOptions, Limits, LoadedPlugin, PluginHost, PluginKind, Policy, ProcessSupervisor};
 use crate::blobs::BlobStore;
 use crate::schedules::ScheduleService;
 use crate::secrets::Keyring;
@@ -55,25 +56,118 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Store::open_sqlite(&path).await.with_context(|| format!("cannot open the database {}", path.display()))
 }
 
-/// Returns the HTTP destinations each runtime plugin may reach. `runtime-docker`
-/// reaches the configured Docker Engine as `docker`, and nothing else is granted.
-pub fn egress_grants(config: &Config) -> anyhow::Result<BTreeMap<String, EgressGrant>> {
-    let engine = crate::plugins::egress::Endpoint::parse(&config.runtime.docker.endpoint)
+/// Returns the policy of every plugin the configuration names. The built-in
+/// runtimes get their defaults: `runtime-process` may start
+/// `runtime.process.allowed_programs`, and `runtime-docker` may reach the
+/// configured engine as `docker`. `[plugins.policy.NAME]` overrides both.
+pub fn plugin_policies(config: &Config) -> anyhow::Result<BTreeMap<String, Policy>> {
+    let defaults = default_limits(config);
+    let engine = PluginEndpoint::parse(&config.runtime.docker.endpoint)
         .map_err(|reason| anyhow::anyhow!("runtime.docker.endpoint: {reason}"))?;
-    Ok(BTreeMap::from([(DOCKER_PLUGIN.to_string(), EgressGrant::new(BTreeMap::from([("docker".to_string(), engine)])))]))
+    let mut policies = BTreeMap::from([
+        (
+            PROCESS_PLUGIN.to_string(),
+            Policy { programs: Arc::from(config.runtime.process.allowed_programs.clone()), ..Policy::confined(defaults) },
+        ),
+        (
+            DOCKER_PLUGIN.to_string(),
+            Policy {
+                egress: EgressGrant::new(BTreeMap::from([("docker".to_string(), engine)])),
+                ..Policy::confined(defaults)
+            },
+        ),
+    ]);
+    for (name, settings) in &config.plugins.policy {
+        let policy = policies.entry(name.clone()).or_insert_with(|| Policy::confined(defaults));
+        if let Some(mib) = settings.memory_limit_mib {
+            policy.limits.memory_limit_mib = mib;
+        }
+        if let Some(ms) = settings.call_timeout_ms {
+            policy.limits.call_timeout = Duration::from_millis(ms);
+        }
+        if let Some(programs) = &settings.programs {
+            policy.programs = Arc::from(programs.clone());
+        }
+        if let Some(endpoints) = &settings.endpoints {
+            let mut routes = BTreeMap::new();
+            for (authority, endpoint) in endpoints {
+                let endpoint = PluginEndpoint::parse(endpoint)
+                    .map_err(|reason| anyhow::anyhow!("plugins.policy.{name}.endpoints.{authority}: {reason}"))?;
+                routes.insert(authority.clone(), endpoint);
+            }
+            policy.egress = EgressGrant::new(routes);
+        }
+    }
+    Ok(policies)
+}
+
+/// Returns the limits of `[plugins]`, which apply to every plugin without a policy of its own.
+fn default_limits(config: &Config) -> Limits {
+    Limits {
+        memory_limit_mib: config.plugins.memory_limit_mib,
+        call_timeout: Duration::from_millis(config.plugins.call_timeout_ms),
+    }
 }
 
 /// Loads the built-in plugins and those of `plugins.dir` with the
-/// configured limits and grants.
+/// configured limits and grants, caching compiled code in the data directory.
 pub async fn load_plugins(config: &Config) -> anyhow::Result<PluginHost> {
-    let limits = Limits {
-        memory_limit_mib: config.plugins.memory_limit_mib,
-        call_timeout: Duration::from_millis(config.plugins.call_timeout_ms),
+    let options = HostOptions {
+        limits: default_limits(config),
+        policies: plugin_policies(config)?,
+        plugin_dir: config.plugins.dir.clone(),
+        cache_dir: Some(config.plugin_cache_dir()),
     };
     let supervisor = Arc::new(ProcessSupervisor::new(&config.runtime.process));
-    Ok(PluginHost::new(limits, supervisor, config.plugins.dir.as_deref(), egress_grants(config)?).await?)
+    Ok(PluginHost::new(options, supervisor).await?)
 }
 
+/// Reloads the plugins on every SIGHUP until shutdown. A reload that fails,
+/// or that would lose a plugin the configuration names, keeps the old set.
+async fn reload_on_hangup(plugins: Arc<PluginHost>, config: Arc<Config>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; plugins reload only with a restart");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hangups.recv() => {}
+            _ = shutdown.changed() => return,
+        }
+        tracing::info!("SIGHUP: reloading plugins");
+        match plugins.reload(|loaded| check_plugin_references(&config, loaded)).await {
+            Ok(()) => tracing::info!("plugins reloaded"),
+            Err(error) => tracing::error!(%error, "plugin reload failed; the loaded plugins stay in use"),
+        }
+    }
+}
+
+/// Checks that every plugin the configuration names is loaded and of the
+/// right kind: each region's runtime and the backup plugin.
+pub fn check_plugin_references(config: &Config, plugins: &BTreeMap<String, Arc<LoadedPlugin>>) -> Result<(), String> {
+    for (name, region) in &config.regions {
+        match plugins.get(&region.runtime) {
+            None => return Err(format!("region `{name}` names runtime `{}`, which is not loaded", region.runtime)),
+            Some(plugin) if plugin.info.kind != PluginKind::Runtime => {
+                return Err(format!("region `{name}` names `{}`, which is not a runtime plugin", region.runtime));
+            }
+            Some(_) => {}
+        }
+    }
+    match plugins.get(&config.backups.plugin) {
+        None => Err(format!("backups.plugin names `{}`, which is not loaded", config.backups.plugin)),
+        Some(plugin) if plugin.info.kind != PluginKind::Storage => {
+            Err(format!("backups.plugin names `{}`, which is not a storage plugin", config.backups.plugin))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Name of the process runtime plugin, which `[runtime.process]` configures.
+pub const PROCESS_PLUGIN: &str = "runtime-process";
 /// Name of the Docker runtime plugin, which the `[runtime.docker]` settings configure.
 pub const DOCKER_PLUGIN: &str = "runtime-docker";
 
@@ -85,14 +179,7 @@ impl App {
         let host_key = Arc::new(HostKey::load_or_create(&config.data_dir.join("host.key"))?);
 
         let plugins = Arc::new(load_plugins(&config).await?);
-        for (name, region) in &config.regions {
-            let runtime = plugins
-                .get(&region.runtime)
-                .with_context(|| format!("region `{name}` names runtime `{}`", region.runtime))?;
-            if runtime.runtime.is_none() {
-                bail!("region `{name}` names `{}`, which is not a runtime plugin", region.runtime);
-            }
-        }
+        check_plugin_references(&config, &plugins.by_name()).map_err(anyhow::Error::msg)?;
 
         let keyring = Arc::new(Keyring::open(config.key_source())?);
         let blobs = Arc::new(BlobStore::open(
@@ -100,12 +187,6 @@ impl App {
             &config.backups.store_options,
             &config.data_dir.join("blobs"),
         )?);
-        let storage = plugins
-            .get(&config.backups.plugin)
-            .with_context(|| format!("backups.plugin names `{}`", config.backups.plugin))?;
-        if storage.info.kind != crate::plugins::PluginKind::Storage {
-            bail!("backups.plugin names `{}`, which is not a storage plugin", config.backups.plugin);
-        }
 
         let auth = Arc::new(AuthService::new(store.clone(), config.auth.session_ttl_hours)?);
         let agents =
@@ -168,6 +249,7 @@ impl App {
 
     fn spawn_background(&self, shutdown: tokio::sync::watch::Receiver<bool>) {
         tokio::spawn(Arc::clone(&self.agents).reconcile_loop(shutdown.clone()));
+        tokio::spawn(reload_on_hangup(Arc::clone(&self.plugins), Arc::clone(&self.config), shutdown.clone()));
 
         let auth = Arc::clone(&self.auth);
         let store = self.store.clone();

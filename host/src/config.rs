@@ -138,6 +138,25 @@ pub struct PluginConfig {
     /// Wall-clock limit of a plugin call, in milliseconds, on top of any
     /// stop grace period the call itself waits for. Default 10000.
     pub call_timeout_ms: u64,
+    /// Limits and grants of single plugins, by plugin name, such as
+    /// `[plugins.policy.runtime-process]`.
+    pub policy: BTreeMap<String, PluginPolicyConfig>,
+}
+
+/// Limits and grants of one plugin. An unset field keeps the default: the
+/// limits of `[plugins]`, and for grants nothing, except that
+/// `runtime-process` may start `runtime.process.allowed_programs` and
+/// `runtime-docker` may reach `runtime.docker.endpoint` as `docker`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginPolicyConfig {
+    pub memory_limit_mib: Option<u32>,
+    pub call_timeout_ms: Option<u64>,
+    /// Programs a runtime plugin may start through the `process` capability.
+    pub programs: Option<Vec<String>>,
+    /// HTTP authorities a runtime plugin may address, each with the endpoint
+    /// it reaches: `unix:///PATH` or `tcp://HOST:PORT`.
+    pub endpoints: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -327,7 +346,7 @@ impl Default for AuthConfig {
 
 impl Default for PluginConfig {
     fn default() -> Self {
-        PluginConfig { dir: None, memory_limit_mib: 64, call_timeout_ms: 10_000 }
+        PluginConfig { dir: None, memory_limit_mib: 64, call_timeout_ms: 10_000, policy: BTreeMap::new() }
     }
 }
 
@@ -412,6 +431,35 @@ impl Config {
         if self.plugins.call_timeout_ms < 100 {
             return Err(invalid("plugins.call_timeout_ms", "must be at least 100"));
         }
+        for (name, policy) in &self.plugins.policy {
+            let field = |key: &str| format!("plugins.policy.{name}.{key}");
+            if policy.memory_limit_mib.is_some_and(|mib| !(8..=4096).contains(&mib)) {
+                return Err(invalid(field("memory_limit_mib"), "must be 8 to 4096"));
+            }
+            if policy.call_timeout_ms.is_some_and(|ms| ms < 100) {
+                return Err(invalid(field("call_timeout_ms"), "must be at least 100"));
+            }
+            for program in policy.programs.iter().flatten() {
+                if program.is_empty() || program.contains('/') {
+                    return Err(invalid(
+                        field("programs"),
+                        format!("`{program}` must be a bare program name; put directories in runtime.process.search_path"),
+                    ));
+                }
+            }
+            for (authority, endpoint) in policy.endpoints.iter().flatten() {
+                let valid_authority = !authority.is_empty()
+                    && authority.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+                if !valid_authority {
+                    return Err(invalid(
+                        field("endpoints"),
+                        format!("`{authority}` must be a host name of lowercase letters, digits, dots and dashes"),
+                    ));
+                }
+                crate::plugins::egress::Endpoint::parse(endpoint)
+                    .map_err(|reason| invalid(format!("{}.{authority}", field("endpoints")), reason))?;
+            }
+        }
         if self.agents.reconcile_interval_secs == 0 {
             return Err(invalid("agents.reconcile_interval_secs", "must be at least 1"));
         }
@@ -455,6 +503,11 @@ impl Config {
             Some(path) => KeySource::File { path: path.clone(), create: false },
             None => KeySource::File { path: self.data_dir.join("age.key"), create: true },
         }
+    }
+
+    /// Returns the directory of compiled plugins, inside the data directory.
+    pub fn plugin_cache_dir(&self) -> PathBuf {
+        self.data_dir.join("plugin-cache")
     }
 
     pub fn database_path(&self) -> PathBuf {

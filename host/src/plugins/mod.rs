@@ -130,11 +130,51 @@ impl LoadedPlugin {
     }
 }
 
-/// Limits applied to every plugin call.
+/// Limits of one plugin call.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub memory_limit_mib: u32,
     pub call_timeout: Duration,
+}
+
+/// What one plugin may use: its limits and the capabilities granted to it.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub limits: Limits,
+    /// Programs the `process` capability may start for the plugin.
+    pub programs: Arc<[String]>,
+    /// HTTP destinations the plugin may reach.
+    pub egress: EgressGrant,
+}
+
+impl Policy {
+    /// Returns a policy with `limits` that grants nothing.
+    pub fn confined(limits: Limits) -> Policy {
+        Policy { limits, programs: Arc::from(Vec::new()), egress: EgressGrant::default() }
+    }
+}
+
+/// Settings of a [`PluginHost`].
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// Limits of a plugin that `policies` does not name; such a plugin gets
+    /// no capability beyond logging.
+    pub limits: Limits,
+    /// Policies by plugin name.
+    pub policies: BTreeMap<String, Policy>,
+    /// Directory of extra `.wasm` components.
+    pub plugin_dir: Option<PathBuf>,
+    /// Directory of compiled components, reused while the engine's
+    /// compatibility hash and the component bytes stay the same.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl HostOptions {
+    /// Returns options with `limits` for every plugin, no grants, no plugin
+    /// directory and no cache.
+    pub fn confined(limits: Limits) -> HostOptions {
+        HostOptions { limits, policies: BTreeMap::new(), plugin_dir: None, cache_dir: None }
+    }
 }
 
 /// The plugin registry and the engine that runs it.
@@ -144,23 +184,17 @@ pub struct PluginHost {
     runtime_linker: Linker<PluginState>,
     storage_linker: Linker<PluginState>,
     plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
-    limits: Limits,
+    options: HostOptions,
     calls: Semaphore,
     supervisor: Arc<ProcessSupervisor>,
-    egress: BTreeMap<String, EgressGrant>,
 }
 
 impl PluginHost {
     /// Creates the engine, starts its epoch ticker and loads the built-in
-    /// plugins, then the `.wasm` files of `plugin_dir`.
-    /// `egress` maps plugin names to the HTTP destinations they may reach.
-    pub async fn new(
-        limits: Limits,
-        supervisor: Arc<ProcessSupervisor>,
-        plugin_dir: Option<&Path>,
-        egress: BTreeMap<String, EgressGrant>,
-    ) -> Result<Self, PluginError> {
-        let engine = build_engine(limits).map_err(|error| PluginError::Load {
+    /// plugins, then the `.wasm` files of the plugin directory.
+    pub async fn new(options: HostOptions, supervisor: Arc<ProcessSupervisor>) -> Result<Self, PluginError> {
+        let largest_memory = options.policies.values().map(|policy| policy.limits.memory_limit_mib).max().unwrap_or(0);
+        let engine = build_engine(options.limits.memory_limit_mib.max(largest_memory)).map_err(|error| PluginError::Load {
             source_name: "the wasmtime engine".into(),
             detail: error.to_string(),
         })?;
@@ -190,57 +224,137 @@ impl PluginHost {
             runtime_linker,
             storage_linker,
             plugins: RwLock::new(BTreeMap::new()),
-            limits,
+            options,
             calls: Semaphore::new(MAX_CONCURRENT_CALLS as usize),
             supervisor,
-            egress,
         };
-        for (name, bytes) in BUILTIN_PLUGINS {
-            let plugin = host.load(bytes, PluginSource::Builtin, name).await?;
-            host.register(plugin);
-        }
-        if let Some(dir) = plugin_dir {
-            host.load_dir(dir).await?;
-        }
+        let plugins = host.load_all().await?;
+        *host.plugins.write().unwrap_or_else(|poison| poison.into_inner()) = plugins;
         Ok(host)
     }
 
-    /// Loads every `*.wasm` file of `dir`, in name order.
-    async fn load_dir(&self, dir: &Path) -> Result<(), PluginError> {
-        let load_error = |detail: String| PluginError::Load { source_name: dir.display().to_string(), detail };
-        let entries = std::fs::read_dir(dir).map_err(|error| load_error(format!("cannot read the directory: {error}")))?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
-            .collect();
-        files.sort();
-        for path in files {
-            let bytes = std::fs::read(&path).map_err(|error| PluginError::Load {
-                source_name: path.display().to_string(),
-                detail: error.to_string(),
-            })?;
-            let plugin = self.load(&bytes, PluginSource::File(path.clone()), &path.display().to_string()).await?;
-            self.register(plugin);
-        }
+    /// Loads the built-in plugins and the plugin directory again, then
+    /// swaps the registry if `check` accepts it. Calls in flight keep the
+    /// plugins they started with. On an error the registry stays as it was.
+    pub async fn reload<F>(&self, check: F) -> Result<(), PluginError>
+    where
+        F: FnOnce(&BTreeMap<String, Arc<LoadedPlugin>>) -> Result<(), String>,
+    {
+        let plugins = self.load_all().await?;
+        check(&plugins).map_err(|detail| PluginError::Load { source_name: "the reloaded plugins".into(), detail })?;
+        *self.plugins.write().unwrap_or_else(|poison| poison.into_inner()) = plugins;
         Ok(())
     }
 
-    fn register(&self, plugin: LoadedPlugin) {
-        let name = plugin.info.name.clone();
-        let mut plugins = self.plugins.write().unwrap_or_else(|poison| poison.into_inner());
-        if let Some(previous) = plugins.get(&name) {
-            tracing::warn!(plugin = %name, previous = ?previous.source, replacement = ?plugin.source, "plugin replaces one with the same name");
-        } else {
-            tracing::info!(plugin = %name, version = %plugin.info.version, source = ?plugin.source, "plugin loaded");
+    /// Compiles, or takes from the cache, every built-in plugin and every
+    /// file of the plugin directory, and returns them by name.
+    async fn load_all(&self) -> Result<BTreeMap<String, Arc<LoadedPlugin>>, PluginError> {
+        let started = std::time::Instant::now();
+        let mut plugins = BTreeMap::new();
+        let mut cached = 0;
+        for (name, bytes) in BUILTIN_PLUGINS {
+            let (plugin, from_cache) = self.load(bytes, PluginSource::Builtin, name).await?;
+            cached += usize::from(from_cache);
+            register(&mut plugins, plugin);
         }
-        plugins.insert(name, Arc::new(plugin));
+        if let Some(dir) = &self.options.plugin_dir {
+            for (path, bytes) in read_plugin_dir(dir)? {
+                let (plugin, from_cache) = self.load(&bytes, PluginSource::File(path.clone()), &path.display().to_string()).await?;
+                cached += usize::from(from_cache);
+                register(&mut plugins, plugin);
+            }
+        }
+        tracing::info!(
+            plugins = plugins.len(),
+            from_cache = cached,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "plugins loaded"
+        );
+        Ok(plugins)
     }
 
+    /// Returns the policy of the plugin named `name`.
+    pub fn policy(&self, name: &str) -> Policy {
+        self.options.policies.get(name).cloned().unwrap_or_else(|| Policy::confined(self.options.limits))
+    }
+
+    /// Compiles a component, or deserializes it from the cache when a
+    /// compiled copy for these bytes and this engine exists. Returns the
+    /// component and whether it came from the cache.
+    fn compile(&self, bytes: &[u8], source_name: &str) -> Result<(Component, bool), String> {
+        let Some(cache_dir) = &self.options.cache_dir else {
+            return Component::new(&self.engine, bytes).map(|c| (c, false)).map_err(|error| format!("{error:#}"));
+        };
+        let path = cache_dir.join(format!("{}.cwasm", self.cache_key(bytes)));
+        if path.is_file() {
+            // SAFETY: the file was written by `Component::serialize` of this
+            // host into its own data directory, and its name carries the
+            // engine's compatibility hash, so it matches this engine.
+            match unsafe { Component::deserialize_file(&self.engine, &path) } {
+                Ok(component) => return Ok((component, true)),
+                Err(error) => tracing::warn!(path = %path.display(), %error, "compiled plugin in the cache is unusable; compiling again"),
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|error| format!("{error:#}"))?;
+        let stored = component.serialize().map_err(std::io::Error::other).and_then(|compiled| {
+            std::fs::create_dir_all(cache_dir)?;
+            crate::fsutil::write_private_file(&path, &compiled)
+        });
+        if let Err(error) = stored {
+            tracing::warn!(plugin = source_name, path = %path.display(), %error, "failed to cache a compiled plugin");
+        }
+        Ok((component, false))
+    }
+
+    /// Returns the cache file name of a component: digests of its bytes and
+    /// of the engine's compatibility hash.
+    fn cache_key(&self, bytes: &[u8]) -> String {
+        use sha2::Digest;
+        use std::hash::{Hash, Hasher};
+        let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
+        let digest = sha2::Sha256::digest(bytes);
+        format!("{}-{:016x}", hex::encode(&digest[..16]), engine_hash.finish())
+    }
+}
+
+/// Adds `plugin` to `plugins`, replacing one of the same name with a warning.
+fn register(plugins: &mut BTreeMap<String, Arc<LoadedPlugin>>, plugin: LoadedPlugin) {
+    let name = plugin.info.name.clone();
+    if let Some(previous) = plugins.get(&name) {
+        tracing::warn!(plugin = %name, previous = ?previous.source, replacement = ?plugin.source, "plugin replaces one with the same name");
+    } else {
+        tracing::info!(plugin = %name, version = %plugin.info.version, source = ?plugin.source, "plugin loaded");
+    }
+    plugins.insert(name, Arc::new(plugin));
+}
+
+/// Reads every `*.wasm` file of `dir`, in name order.
+fn read_plugin_dir(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, PluginError> {
+    let load_error = |detail: String| PluginError::Load { source_name: dir.display().to_string(), detail };
+    let entries = std::fs::read_dir(dir).map_err(|error| load_error(format!("cannot read the directory: {error}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path)
+                .map_err(|error| PluginError::Load { source_name: path.display().to_string(), detail: error.to_string() })?;
+            Ok((path, bytes))
+        })
+        .collect()
+}
+
+impl PluginHost {
     /// Compiles a component, checks which world and version it targets, and
-    /// calls its `describe`.
-    async fn load(&self, bytes: &[u8], source: PluginSource, source_name: &str) -> Result<LoadedPlugin, PluginError> {
+    /// calls its `describe`. Also returns whether the compiled code came
+    /// from the cache.
+    async fn load(&self, bytes: &[u8], source: PluginSource, source_name: &str) -> Result<(LoadedPlugin, bool), PluginError> {
         let load_error = |detail: String| PluginError::Load { source_name: source_name.to_string(), detail };
-        let component = Component::new(&self.engine, bytes).map_err(|error| load_error(format!("{error:#}")))?;
+        let (component, from_cache) = self.compile(bytes, source_name).map_err(load_error)?;
         let kind = self.world_of(&component).map_err(load_error)?;
 
         let label: Arc<str> = Arc::from(source_name);
@@ -250,21 +364,21 @@ impl PluginHost {
                 let pre = AgentPre::new(pre).map_err(|e| load_error(format!("{e:#}")))?;
                 let (info, agent) = self.describe_agent(&pre, label).await?;
                 check_kind(&info, PluginKind::Agent, source_name)?;
-                Ok(LoadedPlugin { info, source, agent: Some(agent), runtime: None, prepared: Prepared::Agent(pre) })
+                Ok((LoadedPlugin { info, source, agent: Some(agent), runtime: None, prepared: Prepared::Agent(pre) }, from_cache))
             }
             PluginKind::Runtime => {
                 let pre = self.runtime_linker.instantiate_pre(&component).map_err(|e| load_error(format!("{e:#}")))?;
                 let pre = RuntimePre::new(pre).map_err(|e| load_error(format!("{e:#}")))?;
                 let (info, capabilities) = self.describe_runtime(&pre, label).await?;
                 check_kind(&info, PluginKind::Runtime, source_name)?;
-                Ok(LoadedPlugin { info, source, agent: None, runtime: Some(capabilities), prepared: Prepared::Runtime(pre) })
+                Ok((LoadedPlugin { info, source, agent: None, runtime: Some(capabilities), prepared: Prepared::Runtime(pre) }, from_cache))
             }
             PluginKind::Storage => {
                 let pre = self.storage_linker.instantiate_pre(&component).map_err(|e| load_error(format!("{e:#}")))?;
                 let pre = StoragePre::new(pre).map_err(|e| load_error(format!("{e:#}")))?;
                 let info = self.describe_storage(&pre, label).await?;
                 check_kind(&info, PluginKind::Storage, source_name)?;
-                Ok(LoadedPlugin { info, source, agent: None, runtime: None, prepared: Prepared::Storage(pre) })
+                Ok((LoadedPlugin { info, source, agent: None, runtime: None, prepared: Prepared::Storage(pre) }, from_cache))
             }
         }
     }
@@ -301,15 +415,15 @@ impl PluginHost {
 
     async fn describe_agent(&self, pre: &AgentPre<PluginState>, label: Arc<str>) -> Result<(PluginInfo, AgentInfo), PluginError> {
         let name = label.to_string();
-        let mut store = self.new_store(label, None, None);
-        let outcome = tokio::time::timeout(self.limits.call_timeout, async {
+        let mut store = self.new_store(label, None, self.options.limits, None, EgressGrant::default());
+        let outcome = tokio::time::timeout(self.options.limits.call_timeout, async {
             let bindings = pre.instantiate_async(&mut store).await?;
             let info = bindings.agentstead_plugin_plugin().call_describe(&mut store).await?;
             let agent = bindings.agentstead_plugin_agent_driver().call_info(&mut store).await?;
             Ok((info, agent))
         })
         .await;
-        settle(&name, &store, self.limits, Duration::ZERO, outcome.map(|r| r.map(Ok)))
+        settle(&name, &store, self.options.limits, Duration::ZERO, outcome.map(|r| r.map(Ok)))
     }
 
     async fn describe_runtime(
@@ -318,26 +432,26 @@ impl PluginHost {
         label: Arc<str>,
     ) -> Result<(PluginInfo, RuntimeCapabilities), PluginError> {
         let name = label.to_string();
-        let mut store = self.new_store(label, None, None);
-        let outcome = tokio::time::timeout(self.limits.call_timeout, async {
+        let mut store = self.new_store(label, None, self.options.limits, None, EgressGrant::default());
+        let outcome = tokio::time::timeout(self.options.limits.call_timeout, async {
             let bindings = pre.instantiate_async(&mut store).await?;
             let info = bindings.agentstead_plugin_plugin().call_describe(&mut store).await?;
             let capabilities = bindings.agentstead_plugin_runtime_driver().call_capabilities(&mut store).await?;
             Ok((info, capabilities))
         })
         .await;
-        settle(&name, &store, self.limits, Duration::ZERO, outcome.map(|r| r.map(Ok)))
+        settle(&name, &store, self.options.limits, Duration::ZERO, outcome.map(|r| r.map(Ok)))
     }
 
     async fn describe_storage(&self, pre: &StoragePre<PluginState>, label: Arc<str>) -> Result<PluginInfo, PluginError> {
         let name = label.to_string();
-        let mut store = self.new_store(label, None, None);
-        let outcome = tokio::time::timeout(self.limits.call_timeout, async {
+        let mut store = self.new_store(label, None, self.options.limits, None, EgressGrant::default());
+        let outcome = tokio::time::timeout(self.options.limits.call_timeout, async {
             let bindings = pre.instantiate_async(&mut store).await?;
             bindings.agentstead_plugin_plugin().call_describe(&mut store).await
         })
         .await;
-        settle(&name, &store, self.limits, Duration::ZERO, outcome.map(|r| r.map(Ok)))
+        settle(&name, &store, self.options.limits, Duration::ZERO, outcome.map(|r| r.map(Ok)))
     }
 
     /// Runs a storage plugin's `backup` or `restore` with a workspace
@@ -359,7 +473,8 @@ impl PluginHost {
             return (Err(PluginError::NotLoaded(format!("{} (not a storage plugin)", plugin.info.name))), Some(session));
         };
         let _permit = self.calls.acquire().await.expect("the call semaphore is never closed");
-        let mut store = self.new_store(plugin.info.name.as_str().into(), Some(agent_id), None);
+        let limits = self.policy(&plugin.info.name).limits;
+        let mut store = self.new_store(plugin.info.name.as_str().into(), Some(agent_id), limits, None, EgressGrant::default());
         store.data_mut().storage = Some(session);
         store.set_epoch_deadline(deadline_ticks(budget));
         let outcome = tokio::time::timeout(budget, async {
@@ -367,25 +482,31 @@ impl PluginHost {
             call(&bindings, &mut store).await
         })
         .await;
-        let extra = budget.saturating_sub(self.limits.call_timeout);
-        let result = settle(&plugin.label(), &store, self.limits, extra, outcome);
+        let extra = budget.saturating_sub(limits.call_timeout);
+        let result = settle(&plugin.label(), &store, limits, extra, outcome);
         (result, store.data_mut().storage.take())
     }
 
-    fn new_store(&self, plugin: Arc<str>, agent_id: Option<&str>, grant: Option<ProcessGrant>) -> Store<PluginState> {
-        let memory_limit = self.limits.memory_limit_mib as usize * 1024 * 1024;
-        // Only runtime calls, which carry a process grant, may reach the
-        // network; the other worlds do not link `wasi:http` at all.
-        let egress = match grant {
-            Some(_) => self.egress.get(&*plugin).cloned().unwrap_or_default(),
-            None => EgressGrant::default(),
-        };
-        let state = PluginState::new(plugin, memory_limit, agent_id.map(String::from), grant, egress);
+    fn new_store(
+        &self,
+        plugin: Arc<str>,
+        agent_id: Option<&str>,
+        limits: Limits,
+        process: Option<ProcessGrant>,
+        egress: EgressGrant,
+    ) -> Store<PluginState> {
+        let memory_limit = limits.memory_limit_mib as usize * 1024 * 1024;
+        let state = PluginState::new(plugin, memory_limit, agent_id.map(String::from), process, egress);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
+        store.set_epoch_deadline(deadline_ticks(limits.call_timeout));
         store
+    }
+
+    /// Returns the loaded plugins by name.
+    pub fn by_name(&self) -> BTreeMap<String, Arc<LoadedPlugin>> {
+        self.plugins.read().unwrap_or_else(|poison| poison.into_inner()).clone()
     }
 
     /// Returns all loaded plugins, by name.
@@ -415,32 +536,31 @@ impl PluginHost {
         types
     }
 
-    pub fn supervisor(&self) -> &Arc<ProcessSupervisor> {
-        &self.supervisor
-    }
-
     /// Calls `plan` on an agent-type plugin.
     pub async fn plan(&self, plugin: &LoadedPlugin, context: &DeployContext) -> Result<LaunchPlan, PluginError> {
         let Prepared::Agent(pre) = &plugin.prepared else {
             return Err(PluginError::NotLoaded(format!("{} (not an agent-type plugin)", plugin.info.name)));
         };
         let _permit = self.calls.acquire().await.expect("the call semaphore is never closed");
-        let mut store = self.new_store(plugin.info.name.as_str().into(), Some(&context.agent_id), None);
-        let outcome = tokio::time::timeout(self.limits.call_timeout, async {
+        let limits = self.policy(&plugin.info.name).limits;
+        let mut store = self.new_store(plugin.info.name.as_str().into(), Some(&context.agent_id), limits, None, EgressGrant::default());
+        let outcome = tokio::time::timeout(limits.call_timeout, async {
             let bindings = pre.instantiate_async(&mut store).await?;
             bindings.agentstead_plugin_agent_driver().call_plan(&mut store, context).await
         })
         .await;
-        settle(&plugin.label(), &store, self.limits, Duration::ZERO, outcome)
+        settle(&plugin.label(), &store, limits, Duration::ZERO, outcome)
     }
 
-    /// Runs one runtime-driver call. `extra` extends the time limit for calls
-    /// that wait on purpose, such as a stop with a grace period.
+    /// Runs one runtime-driver call for the agent whose directory is `root`,
+    /// with the programs and HTTP destinations the plugin's policy grants.
+    /// `extra` extends the time limit for calls that wait on purpose, such as
+    /// a stop with a grace period.
     pub async fn runtime_call<T, F>(
         &self,
         plugin: &LoadedPlugin,
         agent_id: &str,
-        grant: ProcessGrant,
+        root: PathBuf,
         extra: Duration,
         call: F,
     ) -> Result<T, PluginError>
@@ -452,15 +572,18 @@ impl PluginHost {
             return Err(PluginError::NotLoaded(format!("{} (not a runtime plugin)", plugin.info.name)));
         };
         let _permit = self.calls.acquire().await.expect("the call semaphore is never closed");
-        let budget = self.limits.call_timeout + extra;
-        let mut store = self.new_store(plugin.info.name.as_str().into(), Some(agent_id), Some(grant));
+        let policy = self.policy(&plugin.info.name);
+        let budget = policy.limits.call_timeout + extra;
+        let grant = ProcessGrant { supervisor: Arc::clone(&self.supervisor), root, programs: policy.programs };
+        let mut store =
+            self.new_store(plugin.info.name.as_str().into(), Some(agent_id), policy.limits, Some(grant), policy.egress);
         store.set_epoch_deadline(deadline_ticks(budget));
         let outcome = tokio::time::timeout(budget, async {
             let bindings = pre.instantiate_async(&mut store).await?;
             call(&bindings, &mut store).await
         })
         .await;
-        settle(&plugin.label(), &store, self.limits, extra, outcome)
+        settle(&plugin.label(), &store, policy.limits, extra, outcome)
     }
 }
 
@@ -480,7 +603,8 @@ fn check_kind(info: &PluginInfo, expected: PluginKind, source_name: &str) -> Res
     Ok(())
 }
 
-fn build_engine(limits: Limits) -> wasmtime::Result<Engine> {
+/// Builds the engine; `memory_limit_mib` is the largest cap of any plugin.
+fn build_engine(memory_limit_mib: u32) -> wasmtime::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     // A Rust component built for wasm32-wasip2 contains a few core instances
     // (the program and the WASI adapter glue) with one memory each, so eight
@@ -490,7 +614,7 @@ fn build_engine(limits: Limits) -> wasmtime::Result<Engine> {
         .total_memories((MAX_CONCURRENT_CALLS + 16) * 4)
         .total_tables((MAX_CONCURRENT_CALLS + 16) * 8)
         .total_stacks(MAX_CONCURRENT_CALLS + 16)
-        .max_memory_size(limits.memory_limit_mib as usize * 1024 * 1024);
+        .max_memory_size(memory_limit_mib as usize * 1024 * 1024);
 
     let mut config = wasmtime::Config::new();
     config

@@ -35,7 +35,6 @@ const WAIT_POLL: Duration = Duration::from_millis(50);
 /// Starts agent processes and remembers how the ones it started ended.
 #[derive(Debug)]
 pub struct ProcessSupervisor {
-    allowed_programs: Vec<String>,
     search_path: Vec<PathBuf>,
     /// Group leaders this host started, by pid: `None` until the leader has
     /// been reaped, then its exit status.
@@ -45,29 +44,31 @@ pub struct ProcessSupervisor {
     known: Mutex<HashMap<u32, HashSet<(i32, u64)>>>,
 }
 
-/// Access granted to one runtime call: the supervisor and one agent's directory.
+/// Access granted to one runtime call: the supervisor, one agent's
+/// directory and the programs the calling plugin may start.
 #[derive(Debug, Clone)]
 pub struct ProcessGrant {
     pub supervisor: Arc<ProcessSupervisor>,
     pub root: PathBuf,
+    pub programs: Arc<[String]>,
 }
 
 impl ProcessSupervisor {
     pub fn new(config: &ProcessRuntimeConfig) -> Self {
         ProcessSupervisor {
-            allowed_programs: config.allowed_programs.clone(),
             search_path: config.search_path.clone(),
             exits: Arc::default(),
             known: Mutex::default(),
         }
     }
 
-    /// Finds an allowed program in the search path, then in `PATH`.
-    pub fn resolve_program(&self, program: &str) -> Result<PathBuf, ProcessError> {
-        if !self.allowed_programs.iter().any(|allowed| allowed == program) {
+    /// Finds a program of `allowed` in the search path, then in `PATH`.
+    pub fn resolve_program(&self, program: &str, allowed: &[String]) -> Result<PathBuf, ProcessError> {
+        if !allowed.iter().any(|name| name == program) {
+            let listed = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
             return Err(ProcessError::Denied(format!(
-                "program `{program}` is not in runtime.process.allowed_programs ({})",
-                self.allowed_programs.join(", ")
+                "program `{program}` is not allowed for this plugin (allowed: {listed}); add it to \
+                 runtime.process.allowed_programs, or to plugins.policy.NAME.programs for another plugin"
             )));
         }
         let path_dirs = std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>());
@@ -88,10 +89,10 @@ impl ProcessSupervisor {
         std::env::join_paths(dirs).unwrap_or(host_path)
     }
 
-    fn spawn(&self, root: &Path, request: SpawnRequest) -> Result<Spawned, ProcessError> {
-        let program = self.resolve_program(&request.program)?;
-        let cwd = contained_path(root, &request.cwd)?;
-        let log_path = contained_path(root, &request.log_path)?;
+    fn spawn(&self, grant: &ProcessGrant, request: SpawnRequest) -> Result<Spawned, ProcessError> {
+        let program = self.resolve_program(&request.program, &grant.programs)?;
+        let cwd = contained_path(&grant.root, &request.cwd)?;
+        let log_path = contained_path(&grant.root, &request.log_path)?;
         let log = open_log(&log_path)?;
         let log_for_stderr = log.try_clone().map_err(os_error("duplicate the log file handle"))?;
 
@@ -349,7 +350,7 @@ impl PluginState {
 
 impl Host for PluginState {
     async fn spawn(&mut self, request: SpawnRequest) -> Result<Spawned, ProcessError> {
-        let result = self.grant().and_then(|grant| grant.supervisor.spawn(&grant.root, request));
+        let result = self.grant().and_then(|grant| grant.supervisor.spawn(grant, request));
         self.log_denied("spawn", &result);
         result
     }
@@ -402,8 +403,11 @@ mod tests {
     #[test]
     fn program_outside_allowlist_is_denied() {
         let supervisor = ProcessSupervisor::new(&ProcessRuntimeConfig::default());
-        let error = supervisor.resolve_program("sh").unwrap_err();
+        let allowed = ProcessRuntimeConfig::default().allowed_programs;
+        let error = supervisor.resolve_program("sh", &allowed).unwrap_err();
         assert!(matches!(error, ProcessError::Denied(ref reason) if reason.contains("allowed_programs")), "{error:?}");
+        let error = supervisor.resolve_program("openclaw", &[]).unwrap_err();
+        assert!(matches!(error, ProcessError::Denied(ref reason) if reason.contains("allowed: none")), "{error:?}");
     }
 
     #[test]
