@@ -25,8 +25,12 @@ const BUILTIN: &[&str] = &[
     "storage-tar",
 ];
 /// Plugins the tests load from files, with the variable that gives their path.
-const TEST_ONLY: &[(&str, &str)] =
-    &[("agent-testkit", "AGENTSTEAD_TESTKIT_WASM"), ("runtime-egress-probe", "AGENTSTEAD_EGRESS_PROBE_WASM")];
+const TEST_ONLY: &[(&str, &str)] = &[
+    ("agent-testkit", "AGENTSTEAD_TESTKIT_WASM"),
+    ("runtime-egress-probe", "AGENTSTEAD_EGRESS_PROBE_WASM"),
+    ("agent-future", "AGENTSTEAD_FUTURE_WASM"),
+    ("agent-openclaw-python", "AGENTSTEAD_OPENCLAW_PYTHON_WASM"),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use agentstead::config::ProcessRuntimeConfig;
 use agentstead::plugins::bindings::Target;
 use agentstead::plugins::{DeployContext, HostOptions, LaunchPlan, Limits, PluginHost, Policy, ProcessSupervisor};
-use common::{Options, Server};
+use common::{Options, Server, TESTKIT_WASM};
 use serde_json::json;
 
 async fn host() -> PluginHost {
@@ -154,6 +154,17 @@ async fn memory_hungry_plugin_hits_its_cap() {
     assert_eq!(status, 200, "{health}");
 }
 
+#[tokio::test]
+async fn plugin_policy_sets_its_own_memory_cap() {
+    let extra_config = "[plugins.policy.agent-testkit]\nmemory_limit_mib = 16\n".to_string();
+    let server = Server::start_with(Options { memory_limit_mib: 64, extra_config, ..Options::default() }).await;
+    let token = server.user_with_token("ops@example.com");
+    let (status, body) = server.post(&token, "/api/agents/deploy", json!({"agentType": "testkit", "region": "eu", "name": "oom"})).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["code"], "plugin_out_of_memory");
+    assert!(body["message"].as_str().unwrap().contains("16 MiB"), "{body}");
+}
+
 /// Serves one canned HTTP response per connection on loopback and counts
 /// the connections it accepted.
 fn counting_http_server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
@@ -248,4 +259,96 @@ async fn plugin_list_shows_builtins_and_files() {
     let testkit = columns(row("agent-testkit"));
     assert_eq!(testkit[1], "agent");
     assert!(testkit[4].ends_with("agent-testkit.wasm"), "{testkit:?}");
+}
+
+#[tokio::test]
+async fn future_wit_version_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(env!("AGENTSTEAD_FUTURE_WASM"), dir.path().join("future.wasm")).unwrap();
+    let limits = Limits { memory_limit_mib: 64, call_timeout: Duration::from_secs(5) };
+    let options = HostOptions { plugin_dir: Some(dir.path().to_path_buf()), ..HostOptions::confined(limits) };
+    let supervisor = Arc::new(ProcessSupervisor::new(&ProcessRuntimeConfig::default()));
+    let error = PluginHost::new(options, supervisor).await.err().expect("a 0.2.0 plugin must not load").to_string();
+    assert!(error.contains("future.wasm"), "{error}");
+    assert!(error.contains("agentstead:plugin/agent-driver"), "{error}");
+    assert!(error.contains("built for version 0.2.0"), "{error}");
+    assert!(error.contains("accepts 0.1.x"), "{error}");
+}
+
+#[tokio::test]
+async fn plugin_inspect_explains_a_component() {
+    let server = Server::start().await;
+
+    let output = server.cli(&["plugin", "inspect", TESTKIT_WASM], None);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("agentstead:plugin/agent-driver@0.1.0"), "{text}");
+    assert!(text.contains("agentstead:plugin/types@0.1.0"), "{text}");
+    assert!(text.contains("loadable: yes"), "{text}");
+    assert!(text.contains("agent type: testkit"), "{text}");
+
+    let output = server.cli(&["plugin", "inspect", env!("AGENTSTEAD_FUTURE_WASM")], None);
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("agentstead:plugin/agent-driver@0.2.0"), "{text}");
+    assert!(text.contains("loadable: no"), "{text}");
+    assert!(text.contains("built for version 0.2.0"), "{text}");
+
+    let not_wasm = server.data_dir.path().join("notes.wasm");
+    std::fs::write(&not_wasm, "not a component").unwrap();
+    let output = server.cli(&["plugin", "inspect", not_wasm.to_str().unwrap()], None);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("not a WebAssembly component"));
+}
+
+/// Returns `from_cache` and `elapsed_ms` of the newest "plugins loaded" line.
+fn plugin_load_stats(log: &str) -> (u64, u64) {
+    let line = log.lines().rev().find(|line| line.contains("plugins loaded")).expect("a plugins loaded line");
+    let field = |name: &str| -> u64 {
+        let start = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("no {name} in {line}")) + name.len() + 1;
+        line[start..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    (field("from_cache"), field("elapsed_ms"))
+}
+
+#[tokio::test]
+async fn restart_loads_plugins_from_the_cache() {
+    let mut server = Server::start().await;
+    let (cold_cached, cold_ms) = plugin_load_stats(&server.log());
+    assert_eq!(cold_cached, 0, "a fresh data directory has no compiled plugins");
+
+    server.kill();
+    server.launch().await;
+    let (warm_cached, warm_ms) = plugin_load_stats(&server.log());
+    let plugins = std::fs::read_dir(server.data_dir.path().join("plugin-cache")).unwrap().count() as u64;
+    assert!(plugins >= 8, "one compiled file per plugin: {plugins}");
+    assert_eq!(warm_cached, plugins, "every plugin comes from the cache at the second start");
+    eprintln!("plugin load: first start {cold_ms} ms, restart with a warm cache {warm_ms} ms");
+}
+
+#[tokio::test]
+async fn sighup_swaps_in_a_replaced_builtin() {
+    let server = Server::start().await;
+    let token = server.user_with_token("ops@example.com");
+    let pid = server.pid().unwrap() as i32;
+
+    let replacement = server.data_dir.path().join("plugins").join("openclaw-python.wasm");
+    std::fs::copy(env!("AGENTSTEAD_OPENCLAW_PYTHON_WASM"), &replacement).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !server.log().contains("plugins reloaded") {
+        assert!(std::time::Instant::now() < deadline, "no reload within 20 s:\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.log().contains("plugin replaces one with the same name"));
+
+    // The running server plans openclaw agents with the replacement now.
+    let agent = server.deploy(&token, "openclaw", None).await;
+    assert_eq!(agent["status"], "ONLINE", "{agent}\n{}", server.log());
+    let id = agent["id"].as_str().unwrap();
+    let (_, health) = server.get(&token, &format!("/api/agents/{id}/health")).await;
+    let pid = health["runtime"]["pid"].as_u64().expect("a running agent reports its pid");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(environ.split('\0').any(|entry| entry == "PLANNED_BY=agent-openclaw-python"), "{environ}");
 }

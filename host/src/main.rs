@@ -66,6 +66,12 @@ enum Command {
 enum PluginCommand {
     /// List every loaded plugin: name, kind, version, ABI and where it comes from.
     List,
+    /// Show what a component file imports and exports, and whether this host
+    /// can load it and why not. Exits with 1 when it cannot.
+    Inspect {
+        /// The `.wasm` component to inspect.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -195,15 +201,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     agentstead::plugins::PluginSource::Builtin => "built-in".to_string(),
                     agentstead::plugins::PluginSource::File(path) => path.display().to_string(),
                 };
-                let kind = match plugin.info.kind {
-                    agentstead::plugins::PluginKind::Agent => "agent",
-                    agentstead::plugins::PluginKind::Runtime => "runtime",
-                    agentstead::plugins::PluginKind::Storage => "storage",
-                };
+                let kind = kind_name(plugin.info.kind);
                 let info = &plugin.info;
                 println!("{:<24} {kind:<8} {:<8} {:<6} {source:<10} {}", info.name, info.version, info.abi, info.description);
             }
             Ok(())
+        }
+        Command::Plugin { command: PluginCommand::Inspect { file } } => {
+            config.validate()?;
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let host = agentstead::app::load_plugins(&config).await?;
+            let inspection = host.inspect(&bytes, &file.display().to_string()).await;
+            println!("file: {}", file.display());
+            println!("imports:");
+            inspection.imports.iter().for_each(|name| println!("  {name}"));
+            println!("exports:");
+            inspection.exports.iter().for_each(|name| println!("  {name}"));
+            match inspection.outcome {
+                Ok(plugin) => {
+                    let info = &plugin.info;
+                    println!("loadable: yes");
+                    println!("plugin: {} {} ({}), built against ABI {}", info.name, info.version, kind_name(info.kind), info.abi);
+                    if let Some(agent) = &plugin.agent {
+                        println!("agent type: {} (id prefix {}, image {})", agent.agent_type, agent.id_prefix, agent.image);
+                    }
+                    if host.by_name().contains_key(&info.name) {
+                        println!("note: it replaces the loaded plugin `{}` when placed in plugins.dir", info.name);
+                    }
+                    Ok(())
+                }
+                Err(reason) => {
+                    println!("loadable: no");
+                    println!("reason: {reason}");
+                    Err(anyhow::anyhow!("{} cannot be loaded by this host", file.display()))
+                }
+            }
         }
         Command::Secrets { command: SecretsCommand::RotateKey } => {
             let database = config.database_path();
@@ -217,6 +249,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("re-encrypted {values} to a new age identity; back up the new key file");
             Ok(())
         }
+    }
+}
+
+fn kind_name(kind: agentstead::plugins::PluginKind) -> &'static str {
+    match kind {
+        agentstead::plugins::PluginKind::Agent => "agent",
+        agentstead::plugins::PluginKind::Runtime => "runtime",
+        agentstead::plugins::PluginKind::Storage => "storage",
     }
 }
 

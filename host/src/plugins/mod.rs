@@ -99,6 +99,14 @@ impl From<GuestError> for GuestErrorMessage {
     }
 }
 
+/// What `PluginHost::inspect` found in a component.
+pub struct Inspection {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+    /// The plugin as this host would load it, or why it cannot.
+    pub outcome: Result<LoadedPlugin, String>,
+}
+
 /// Origin of a loaded plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSource {
@@ -273,6 +281,30 @@ impl PluginHost {
         Ok(plugins)
     }
 
+    /// Lists what a component file imports and exports, and tries to load
+    /// it as this host would, without adding it to the registry.
+    pub async fn inspect(&self, bytes: &[u8], source_name: &str) -> Inspection {
+        let component = match Component::new(&self.engine, bytes) {
+            Ok(component) => component,
+            Err(error) => {
+                return Inspection {
+                    imports: Vec::new(),
+                    exports: Vec::new(),
+                    outcome: Err(format!("not a WebAssembly component this host can compile: {error:#}")),
+                };
+            }
+        };
+        let component_type = component.component_type();
+        let imports = component_type.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports = component_type.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let outcome = match self.load(bytes, PluginSource::File(PathBuf::from(source_name)), source_name).await {
+            Ok((plugin, _)) => Ok(plugin),
+            Err(PluginError::Load { detail, .. }) => Err(detail),
+            Err(error) => Err(error.to_string()),
+        };
+        Inspection { imports, exports, outcome }
+    }
+
     /// Returns the policy of the plugin named `name`.
     pub fn policy(&self, name: &str) -> Policy {
         self.options.policies.get(name).cloned().unwrap_or_else(|| Policy::confined(self.options.limits))
@@ -401,8 +433,9 @@ impl PluginHost {
             };
             if !version.starts_with("0.1.") {
                 return Err(format!(
-                    "it exports {WIT_PACKAGE}/{interface}@{version}, but this host accepts {WIT_PACKAGE} {ABI_ACCEPTED} \
-                     (built against {ABI_VERSION}); rebuild the plugin against a matching wit/ package"
+                    "its interface {WIT_PACKAGE}/{interface} was built for version {version}, but this host accepts \
+                     {ABI_ACCEPTED} (it was built with {ABI_VERSION}); rebuild the plugin against a {ABI_ACCEPTED} \
+                     package from wit/released/"
                 ));
             }
             return Ok(kind);
@@ -676,4 +709,36 @@ fn settle<T>(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the `package` line's version of a WIT file.
+    fn package_version(text: &str) -> String {
+        let line = text.lines().find(|line| line.starts_with("package ")).expect("a package line");
+        line.trim_end_matches(';').rsplit('@').next().unwrap().to_string()
+    }
+
+    #[test]
+    fn released_wit_versions_stay_frozen() {
+        let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        let current = std::fs::read_to_string(wit.join("agentstead.wit")).unwrap();
+        let current_version = package_version(&current);
+        assert_eq!(current_version, ABI_VERSION, "the host and wit/agentstead.wit disagree on the version");
+
+        let mut released = Vec::new();
+        for entry in std::fs::read_dir(wit.join("released")).unwrap() {
+            let dir = entry.unwrap().path();
+            let text = std::fs::read_to_string(dir.join("agentstead.wit")).unwrap();
+            let version = dir.file_name().unwrap().to_string_lossy().into_owned();
+            assert_eq!(package_version(&text), version, "{}", dir.display());
+            if version == current_version {
+                assert_eq!(text, current, "wit/agentstead.wit changed, but {version} is released; raise the version");
+            }
+            released.push(version);
+        }
+        assert!(released.contains(&current_version), "copy wit/agentstead.wit to wit/released/{current_version}/");
+    }
 }
