@@ -352,3 +352,60 @@ async fn sighup_swaps_in_a_replaced_builtin() {
     let environ = String::from_utf8_lossy(&environ);
     assert!(environ.split('\0').any(|entry| entry == "PLANNED_BY=agent-openclaw-python"), "{environ}");
 }
+
+/// Builds `examples/agent-pysite` with plain `cargo build`, outside this
+/// workspace, and returns the component.
+fn build_example_plugin() -> std::path::PathBuf {
+    let repository = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repository.join("target"))
+        .join("examples");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command
+        .current_dir(repository.join("examples/agent-pysite"))
+        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--target-dir"])
+        .arg(&target_dir);
+    // Settings of the cargo that runs the tests must not reach this build.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME") || key == "RUSTFLAGS" {
+            command.env_remove(&key);
+        }
+    }
+    let output = command.output().expect("run cargo");
+    assert!(output.status.success(), "the example plugin does not build:\n{}", String::from_utf8_lossy(&output.stderr));
+    target_dir.join("wasm32-wasip2/release/agent_pysite.wasm")
+}
+
+#[tokio::test]
+async fn example_plugin_builds_out_of_tree_and_deploys() {
+    let component = build_example_plugin();
+    let mut server = Server::start().await;
+    let token = server.user_with_token("ops@example.com");
+    let (status, body) = server.post(&token, "/api/agents/deploy", json!({"agentType": "pysite", "region": "eu"})).await;
+    assert_eq!(status, 400, "the type is unknown before the plugin is added: {body}");
+
+    std::fs::copy(&component, server.data_dir.path().join("plugins/agent-pysite.wasm")).unwrap();
+    server.kill();
+    server.launch().await;
+    let (status, body) = server.post(&token, "/api/agents/deploy?wait=true", json!({"agentType": "pysite", "region": "eu", "name": "docs <site>"})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "ONLINE", "{body}\n{}", server.log());
+    let id = body["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("ps-"), "{id}");
+    let page = server.http.get(format!("{}/index.html", body["publicUrl"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<h1>docs &lt;site&gt;</h1>"));
+
+    // The plan renames the secret `SITE_TOKEN` to `PYSITE_TOKEN`.
+    let (status, _) = server.post(&token, &format!("/api/agents/{id}/secrets"), json!({"key": "SITE_TOKEN", "value": "site-secret-1"})).await;
+    assert_eq!(status, 201);
+    let (status, agent) = server.post_empty(&token, &format!("/api/agents/{id}/restart?wait=true")).await;
+    assert_eq!((status, agent["status"].as_str()), (200, Some("ONLINE")), "{agent}");
+    let (_, health) = server.get(&token, &format!("/api/agents/{id}/health")).await;
+    let pid = health["runtime"]["pid"].as_u64().expect("a running agent reports its pid");
+    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).into_owned();
+    assert!(environ.split('\0').any(|entry| entry == "PYSITE_TOKEN=site-secret-1"));
+}
