@@ -260,18 +260,22 @@ impl PluginHost {
         let started = std::time::Instant::now();
         let mut plugins = BTreeMap::new();
         let mut cached = 0;
+        let mut cache_files = std::collections::HashSet::new();
         for (name, bytes) in BUILTIN_PLUGINS {
             let (plugin, from_cache) = self.load(bytes, PluginSource::Builtin, name).await?;
             cached += usize::from(from_cache);
+            cache_files.insert(self.cache_file_name(bytes));
             register(&mut plugins, plugin);
         }
         if let Some(dir) = &self.options.plugin_dir {
             for (path, bytes) in read_plugin_dir(dir)? {
                 let (plugin, from_cache) = self.load(&bytes, PluginSource::File(path.clone()), &path.display().to_string()).await?;
                 cached += usize::from(from_cache);
+                cache_files.insert(self.cache_file_name(&bytes));
                 register(&mut plugins, plugin);
             }
         }
+        self.prune_cache(&cache_files);
         tracing::info!(
             plugins = plugins.len(),
             from_cache = cached,
@@ -317,7 +321,7 @@ impl PluginHost {
         let Some(cache_dir) = &self.options.cache_dir else {
             return Component::new(&self.engine, bytes).map(|c| (c, false)).map_err(|error| format!("{error:#}"));
         };
-        let path = cache_dir.join(format!("{}.cwasm", self.cache_key(bytes)));
+        let path = cache_dir.join(self.cache_file_name(bytes));
         if path.is_file() {
             // SAFETY: the file was written by `Component::serialize` of this
             // host into its own data directory, and its name carries the
@@ -338,15 +342,31 @@ impl PluginHost {
         Ok((component, false))
     }
 
+    /// Deletes compiled files of components that are no longer loaded.
+    fn prune_cache(&self, in_use: &std::collections::HashSet<String>) {
+        let Some(Ok(entries)) = self.options.cache_dir.as_ref().map(std::fs::read_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".cwasm") || in_use.contains(&name) {
+                continue;
+            }
+            if let Err(error) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), %error, "failed to delete a stale compiled plugin");
+            }
+        }
+    }
+
     /// Returns the cache file name of a component: digests of its bytes and
     /// of the engine's compatibility hash.
-    fn cache_key(&self, bytes: &[u8]) -> String {
+    fn cache_file_name(&self, bytes: &[u8]) -> String {
         use sha2::Digest;
         use std::hash::{Hash, Hasher};
         let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut engine_hash);
         let digest = sha2::Sha256::digest(bytes);
-        format!("{}-{:016x}", hex::encode(&digest[..16]), engine_hash.finish())
+        format!("{}-{:016x}.cwasm", hex::encode(&digest[..16]), engine_hash.finish())
     }
 }
 
