@@ -99,7 +99,7 @@ impl From<GuestError> for GuestErrorMessage {
     }
 }
 
-/// What `PluginHost::inspect` found in a component.
+/// Findings of `PluginHost::inspect` about one component.
 pub struct Inspection {
     pub imports: Vec<String>,
     pub exports: Vec<String>,
@@ -145,7 +145,7 @@ pub struct Limits {
     pub call_timeout: Duration,
 }
 
-/// What one plugin may use: its limits and the capabilities granted to it.
+/// Limits of one plugin and the capabilities granted to it.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub limits: Limits,
