@@ -261,19 +261,24 @@ impl PluginHost {
         let mut plugins = BTreeMap::new();
         let mut cached = 0;
         let mut cache_files = std::collections::HashSet::new();
-        for (name, bytes) in BUILTIN_PLUGINS {
-            let (plugin, from_cache) = self.load(bytes, PluginSource::Builtin, name).await?;
+        let builtins = BUILTIN_PLUGINS
+            .iter()
+            .map(|(name, bytes)| (PluginSource::Builtin, name.to_string(), std::borrow::Cow::Borrowed(*bytes)));
+        let files = match &self.options.plugin_dir {
+            Some(dir) => read_plugin_dir(dir)?,
+            None => Vec::new(),
+        };
+        let files = files
+            .into_iter()
+            .map(|(path, bytes)| (PluginSource::File(path.clone()), path.display().to_string(), std::borrow::Cow::Owned(bytes)));
+        for (source, source_name, bytes) in builtins.chain(files) {
+            let cache_file = self.cache_file_name(&bytes);
+            let load_error = |detail: String| PluginError::Load { source_name: source_name.clone(), detail };
+            let (component, from_cache) = self.compile(&bytes, &cache_file, &source_name).map_err(load_error)?;
+            let plugin = self.load(component, source, &source_name).await?;
             cached += usize::from(from_cache);
-            cache_files.insert(self.cache_file_name(bytes));
+            cache_files.insert(cache_file);
             register(&mut plugins, plugin);
-        }
-        if let Some(dir) = &self.options.plugin_dir {
-            for (path, bytes) in read_plugin_dir(dir)? {
-                let (plugin, from_cache) = self.load(&bytes, PluginSource::File(path.clone()), &path.display().to_string()).await?;
-                cached += usize::from(from_cache);
-                cache_files.insert(self.cache_file_name(&bytes));
-                register(&mut plugins, plugin);
-            }
         }
         self.prune_cache(&cache_files);
         tracing::info!(
@@ -301,8 +306,8 @@ impl PluginHost {
         let component_type = component.component_type();
         let imports = component_type.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let exports = component_type.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
-        let outcome = match self.load(bytes, PluginSource::File(PathBuf::from(source_name)), source_name).await {
-            Ok((plugin, _)) => Ok(plugin),
+        let outcome = match self.load(component, PluginSource::File(PathBuf::from(source_name)), source_name).await {
+            Ok(plugin) => Ok(plugin),
             Err(PluginError::Load { detail, .. }) => Err(detail),
             Err(error) => Err(error.to_string()),
         };
@@ -314,14 +319,14 @@ impl PluginHost {
         self.options.policies.get(name).cloned().unwrap_or_else(|| Policy::confined(self.options.limits))
     }
 
-    /// Compiles a component, or deserializes it from the cache when a
-    /// compiled copy for these bytes and this engine exists. Returns the
-    /// component and whether it came from the cache.
-    fn compile(&self, bytes: &[u8], source_name: &str) -> Result<(Component, bool), String> {
+    /// Compiles a component, or deserializes it from `cache_file` in the
+    /// cache when a compiled copy for these bytes and this engine exists.
+    /// Returns the component and whether it came from the cache.
+    fn compile(&self, bytes: &[u8], cache_file: &str, source_name: &str) -> Result<(Component, bool), String> {
         let Some(cache_dir) = &self.options.cache_dir else {
             return Component::new(&self.engine, bytes).map(|c| (c, false)).map_err(|error| format!("{error:#}"));
         };
-        let path = cache_dir.join(self.cache_file_name(bytes));
+        let path = cache_dir.join(cache_file);
         if path.is_file() {
             // SAFETY: the file was written by `Component::serialize` of this
             // host into its own data directory, and its name carries the
@@ -401,12 +406,10 @@ fn read_plugin_dir(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, PluginError> {
 }
 
 impl PluginHost {
-    /// Compiles a component, checks which world and version it targets, and
-    /// calls its `describe`. Also returns whether the compiled code came
-    /// from the cache.
-    async fn load(&self, bytes: &[u8], source: PluginSource, source_name: &str) -> Result<(LoadedPlugin, bool), PluginError> {
+    /// Checks which world and version a compiled component targets, links
+    /// it and calls its `describe`.
+    async fn load(&self, component: Component, source: PluginSource, source_name: &str) -> Result<LoadedPlugin, PluginError> {
         let load_error = |detail: String| PluginError::Load { source_name: source_name.to_string(), detail };
-        let (component, from_cache) = self.compile(bytes, source_name).map_err(load_error)?;
         let kind = self.world_of(&component).map_err(load_error)?;
 
         let label: Arc<str> = Arc::from(source_name);
@@ -416,21 +419,21 @@ impl PluginHost {
                 let pre = AgentPre::new(pre).map_err(|e| load_error(format!("{e:#}")))?;
                 let (info, agent) = self.describe_agent(&pre, label).await?;
                 check_kind(&info, PluginKind::Agent, source_name)?;
-                Ok((LoadedPlugin { info, source, agent: Some(agent), runtime: None, prepared: Prepared::Agent(pre) }, from_cache))
+                Ok(LoadedPlugin { info, source, agent: Some(agent), runtime: None, prepared: Prepared::Agent(pre) })
             }
             PluginKind::Runtime => {
                 let pre = self.runtime_linker.instantiate_pre(&component).map_err(|e| load_error(format!("{e:#}")))?;
                 let pre = RuntimePre::new(pre).map_err(|e| load_error(format!("{e:#}")))?;
                 let (info, capabilities) = self.describe_runtime(&pre, label).await?;
                 check_kind(&info, PluginKind::Runtime, source_name)?;
-                Ok((LoadedPlugin { info, source, agent: None, runtime: Some(capabilities), prepared: Prepared::Runtime(pre) }, from_cache))
+                Ok(LoadedPlugin { info, source, agent: None, runtime: Some(capabilities), prepared: Prepared::Runtime(pre) })
             }
             PluginKind::Storage => {
                 let pre = self.storage_linker.instantiate_pre(&component).map_err(|e| load_error(format!("{e:#}")))?;
                 let pre = StoragePre::new(pre).map_err(|e| load_error(format!("{e:#}")))?;
                 let info = self.describe_storage(&pre, label).await?;
                 check_kind(&info, PluginKind::Storage, source_name)?;
-                Ok((LoadedPlugin { info, source, agent: None, runtime: None, prepared: Prepared::Storage(pre) }, from_cache))
+                Ok(LoadedPlugin { info, source, agent: None, runtime: None, prepared: Prepared::Storage(pre) })
             }
         }
     }
