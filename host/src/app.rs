@@ -179,7 +179,11 @@ impl App {
         let host_key = Arc::new(HostKey::load_or_create(&config.data_dir.join("host.key"))?);
 
         let plugins = Arc::new(load_plugins(&config).await?);
-        check_plugin_references(&config, &plugins.by_name()).map_err(anyhow::Error::msg)?;
+        let loaded = plugins.by_name();
+        check_plugin_references(&config, &loaded).map_err(anyhow::Error::msg)?;
+        for name in config.plugins.policy.keys().filter(|name| !loaded.contains_key(*name)) {
+            tracing::warn!(plugin = %name, "plugins.policy names a plugin that is not loaded; check the name with `agentstead plugin list`");
+        }
 
         let keyring = Arc::new(Keyring::open(config.key_source())?);
         let blobs = Arc::new(BlobStore::open(
