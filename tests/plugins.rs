@@ -116,6 +116,8 @@ async fn trapping_plugin_becomes_an_error_naming_it() {
     let message = body["message"].as_str().unwrap();
     assert!(message.contains("agent-testkit"), "{message}");
     assert!(message.contains("testkit was asked to trap"), "the plugin's panic message is quoted: {message}");
+    assert!(!message.contains("wasm backtrace"), "the backtrace stays in the server log: {message}");
+    assert!(!message.contains("RUST_BACKTRACE"), "{message}");
 
     // The host keeps serving, and the same plugin works for the next call.
     let agent = server.deploy(&token, "testkit", None).await;

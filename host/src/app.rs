@@ -110,13 +110,14 @@ fn default_limits(config: &Config) -> Limits {
 }
 
 /// Loads the built-in plugins and those of `plugins.dir` with the
-/// configured limits and grants, caching compiled code in the data directory.
-pub async fn load_plugins(config: &Config) -> anyhow::Result<PluginHost> {
+/// configured limits and grants. With `cache`, compiled code is kept in the
+/// data directory and reused; without it nothing is written.
+pub async fn load_plugins(config: &Config, cache: bool) -> anyhow::Result<PluginHost> {
     let options = HostOptions {
         limits: default_limits(config),
         policies: plugin_policies(config)?,
         plugin_dir: config.plugins.dir.clone(),
-        cache_dir: Some(config.plugin_cache_dir()),
+        cache_dir: cache.then(|| config.plugin_cache_dir()),
     };
     let supervisor = Arc::new(ProcessSupervisor::new(&config.runtime.process));
     Ok(PluginHost::new(options, supervisor).await?)
@@ -178,11 +179,19 @@ impl App {
         let store = open_store(&config).await?;
         let host_key = Arc::new(HostKey::load_or_create(&config.data_dir.join("host.key"))?);
 
-        let plugins = Arc::new(load_plugins(&config).await?);
+        let plugins = Arc::new(load_plugins(&config, true).await?);
         let loaded = plugins.by_name();
         check_plugin_references(&config, &loaded).map_err(anyhow::Error::msg)?;
-        for name in config.plugins.policy.keys().filter(|name| !loaded.contains_key(*name)) {
-            tracing::warn!(plugin = %name, "plugins.policy names a plugin that is not loaded; check the name with `agentstead plugin list`");
+        for (name, policy) in &config.plugins.policy {
+            let grants = policy.programs.is_some() || policy.endpoints.is_some();
+            match loaded.get(name) {
+                None => tracing::warn!(plugin = %name, "plugins.policy names a plugin that is not loaded; check the name with `agentstead plugin list`"),
+                Some(plugin) if grants && plugin.info.kind != PluginKind::Runtime => tracing::warn!(
+                    plugin = %name,
+                    "plugins.policy grants programs or endpoints to a plugin that is not a runtime; only runtime plugins can use them"
+                ),
+                Some(_) => {}
+            }
         }
 
         let keyring = Arc::new(Keyring::open(config.key_source())?);

@@ -433,11 +433,11 @@ impl Config {
         }
         for (name, policy) in &self.plugins.policy {
             let field = |key: &str| format!("plugins.policy.{name}.{key}");
-            if policy.memory_limit_mib.is_some_and(|mib| !(8..=4096).contains(&mib)) {
-                return Err(invalid(field("memory_limit_mib"), "must be 8 to 4096"));
+            if let Some(mib) = policy.memory_limit_mib.filter(|mib| !(8..=4096).contains(mib)) {
+                return Err(invalid(field("memory_limit_mib"), format!("{mib} MiB is out of range; use 8 to 4096")));
             }
-            if policy.call_timeout_ms.is_some_and(|ms| ms < 100) {
-                return Err(invalid(field("call_timeout_ms"), "must be at least 100"));
+            if let Some(ms) = policy.call_timeout_ms.filter(|ms| *ms < 100) {
+                return Err(invalid(field("call_timeout_ms"), format!("{ms} ms is too short; use at least 100")));
             }
             for program in policy.programs.iter().flatten() {
                 if program.is_empty() || program.contains('/') {

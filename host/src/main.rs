@@ -194,14 +194,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Plugin { command: PluginCommand::List } => {
             config.validate()?;
-            let host = agentstead::app::load_plugins(&config).await?;
+            let host = agentstead::app::load_plugins(&config, false).await?;
             println!("{:<24} {:<8} {:<8} {:<6} {:<10} DESCRIPTION", "NAME", "KIND", "VERSION", "ABI", "SOURCE");
             for plugin in host.list() {
-                let source = match &plugin.source {
-                    agentstead::plugins::PluginSource::Builtin => "built-in".to_string(),
-                    agentstead::plugins::PluginSource::File(path) => path.display().to_string(),
-                };
-                let kind = kind_name(plugin.info.kind);
+                let source = agentstead::plugins::source_label(&plugin.source);
+                let kind = agentstead::plugins::kind_name(plugin.info.kind);
                 let info = &plugin.info;
                 println!("{:<24} {kind:<8} {:<8} {:<6} {source:<10} {}", info.name, info.version, info.abi, info.description);
             }
@@ -210,7 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plugin { command: PluginCommand::Inspect { file } } => {
             config.validate()?;
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let host = agentstead::app::load_plugins(&config).await?;
+            let host = agentstead::app::load_plugins(&config, false).await?;
             let inspection = host.inspect(&bytes, &file.display().to_string()).await;
             println!("file: {}", file.display());
             println!("imports:");
@@ -221,7 +218,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(plugin) => {
                     let info = &plugin.info;
                     println!("loadable: yes");
-                    println!("plugin: {} {} ({}), built against ABI {}", info.name, info.version, kind_name(info.kind), info.abi);
+                    println!("plugin: {} {} ({}), built against ABI {}", info.name, info.version, agentstead::plugins::kind_name(info.kind), info.abi);
                     if let Some(agent) = &plugin.agent {
                         println!("agent type: {} (id prefix {}, image {})", agent.agent_type, agent.id_prefix, agent.image);
                     }
@@ -249,14 +246,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("re-encrypted {values} to a new age identity; back up the new key file");
             Ok(())
         }
-    }
-}
-
-fn kind_name(kind: agentstead::plugins::PluginKind) -> &'static str {
-    match kind {
-        agentstead::plugins::PluginKind::Agent => "agent",
-        agentstead::plugins::PluginKind::Runtime => "runtime",
-        agentstead::plugins::PluginKind::Storage => "storage",
     }
 }
 

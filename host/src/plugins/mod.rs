@@ -62,14 +62,24 @@ pub enum PluginError {
     NotLoaded(String),
     #[error("plugin {plugin} trapped: {detail}")]
     Trapped { plugin: String, detail: String },
-    #[error("plugin {plugin} exceeded its memory limit of {limit_mib} MiB")]
-    MemoryExhausted { plugin: String, limit_mib: u32 },
-    #[error("plugin {plugin} did not finish within {timeout_ms} ms and was stopped")]
-    TimedOut { plugin: String, timeout_ms: u64 },
+    #[error("plugin {plugin} exceeded its memory limit of {limit_mib} MiB{stderr}")]
+    MemoryExhausted { plugin: String, limit_mib: u32, stderr: StderrTail },
+    #[error("plugin {plugin} did not finish within {timeout_ms} ms and was stopped{stderr}")]
+    TimedOut { plugin: String, timeout_ms: u64, stderr: StderrTail },
     #[error("plugin {plugin}: {error}")]
     Returned { plugin: String, error: GuestErrorMessage },
     #[error("cannot load plugin from {source_name}: {detail}")]
     Load { source_name: String, detail: String },
+}
+
+/// The end of a plugin's stderr, shown after an error message when not empty.
+#[derive(Debug, Clone, Default)]
+pub struct StderrTail(pub String);
+
+impl std::fmt::Display for StderrTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() { Ok(()) } else { write!(f, "; plugin stderr: {}", self.0) }
+    }
 }
 
 /// An error a plugin returned, with its case.
@@ -280,6 +290,7 @@ impl PluginHost {
             cache_files.insert(cache_file);
             register(&mut plugins, plugin);
         }
+        check_agent_types(&plugins)?;
         self.prune_cache(&cache_files);
         tracing::info!(
             plugins = plugins.len(),
@@ -386,10 +397,43 @@ fn register(plugins: &mut BTreeMap<String, Arc<LoadedPlugin>>, plugin: LoadedPlu
     plugins.insert(name, Arc::new(plugin));
 }
 
+/// Rejects two agent-type plugins that claim the same `agentType` or the
+/// same id prefix, since deploys and ids would go to either one.
+fn check_agent_types(plugins: &BTreeMap<String, Arc<LoadedPlugin>>) -> Result<(), PluginError> {
+    let mut types: BTreeMap<&str, &LoadedPlugin> = BTreeMap::new();
+    let mut prefixes: BTreeMap<&str, &LoadedPlugin> = BTreeMap::new();
+    for plugin in plugins.values() {
+        let Some(agent) = &plugin.agent else { continue };
+        for (what, value, seen) in [("agentType", agent.agent_type.as_str(), &mut types), ("id prefix", agent.id_prefix.as_str(), &mut prefixes)] {
+            if let Some(other) = seen.insert(value, plugin) {
+                return Err(PluginError::Load {
+                    source_name: source_label(&plugin.source),
+                    detail: format!(
+                        "plugin `{}` claims {what} `{value}`, which plugin `{}` ({}) already has; give one of them another {what}",
+                        plugin.info.name,
+                        other.info.name,
+                        source_label(&other.source)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Returns `built-in` or the file a plugin came from.
+pub fn source_label(source: &PluginSource) -> String {
+    match source {
+        PluginSource::Builtin => "built-in".to_string(),
+        PluginSource::File(path) => path.display().to_string(),
+    }
+}
+
 /// Reads every `*.wasm` file of `dir`, in name order.
 fn read_plugin_dir(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, PluginError> {
     let load_error = |detail: String| PluginError::Load { source_name: dir.display().to_string(), detail };
-    let entries = std::fs::read_dir(dir).map_err(|error| load_error(format!("cannot read the directory: {error}")))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|error| load_error(format!("cannot read the plugin directory (plugins.dir): {error}")))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
@@ -410,37 +454,48 @@ impl PluginHost {
     /// it and calls its `describe`.
     async fn load(&self, component: Component, source: PluginSource, source_name: &str) -> Result<LoadedPlugin, PluginError> {
         let load_error = |detail: String| PluginError::Load { source_name: source_name.to_string(), detail };
-        let kind = self.world_of(&component).map_err(load_error)?;
+        let (kind, abi) = self.world_of(&component).map_err(load_error)?;
+        // A linker error names the import this host lacks; say what that means.
+        let link_error = |error: wasmtime::Error| {
+            let detail = format!("{error:#}");
+            let hint = if detail.contains("matching implementation was not found") {
+                format!("; the plugin imports something this host (ABI {ABI_VERSION}) does not provide: it needs a newer host, or an import its world does not grant")
+            } else {
+                String::new()
+            };
+            load_error(format!("{detail}{hint}"))
+        };
 
         let label: Arc<str> = Arc::from(source_name);
         match kind {
             PluginKind::Agent => {
-                let pre = self.agent_linker.instantiate_pre(&component).map_err(|e| load_error(format!("{e:#}")))?;
-                let pre = AgentPre::new(pre).map_err(|e| load_error(format!("{e:#}")))?;
+                let pre = self.agent_linker.instantiate_pre(&component).map_err(link_error)?;
+                let pre = AgentPre::new(pre).map_err(link_error)?;
                 let (info, agent) = self.describe_agent(&pre, label).await?;
-                check_kind(&info, PluginKind::Agent, source_name)?;
+                check_kind(&info, PluginKind::Agent, &abi, source_name)?;
                 Ok(LoadedPlugin { info, source, agent: Some(agent), runtime: None, prepared: Prepared::Agent(pre) })
             }
             PluginKind::Runtime => {
-                let pre = self.runtime_linker.instantiate_pre(&component).map_err(|e| load_error(format!("{e:#}")))?;
-                let pre = RuntimePre::new(pre).map_err(|e| load_error(format!("{e:#}")))?;
+                let pre = self.runtime_linker.instantiate_pre(&component).map_err(link_error)?;
+                let pre = RuntimePre::new(pre).map_err(link_error)?;
                 let (info, capabilities) = self.describe_runtime(&pre, label).await?;
-                check_kind(&info, PluginKind::Runtime, source_name)?;
+                check_kind(&info, PluginKind::Runtime, &abi, source_name)?;
                 Ok(LoadedPlugin { info, source, agent: None, runtime: Some(capabilities), prepared: Prepared::Runtime(pre) })
             }
             PluginKind::Storage => {
-                let pre = self.storage_linker.instantiate_pre(&component).map_err(|e| load_error(format!("{e:#}")))?;
-                let pre = StoragePre::new(pre).map_err(|e| load_error(format!("{e:#}")))?;
+                let pre = self.storage_linker.instantiate_pre(&component).map_err(link_error)?;
+                let pre = StoragePre::new(pre).map_err(link_error)?;
                 let info = self.describe_storage(&pre, label).await?;
-                check_kind(&info, PluginKind::Storage, source_name)?;
+                check_kind(&info, PluginKind::Storage, &abi, source_name)?;
                 Ok(LoadedPlugin { info, source, agent: None, runtime: None, prepared: Prepared::Storage(pre) })
             }
         }
     }
 
-    /// Finds the world a component targets from the driver interface it
-    /// exports, and rejects versions outside `0.1.x`.
-    fn world_of(&self, component: &Component) -> Result<PluginKind, String> {
+    /// Finds the world a component targets and the package version it was
+    /// built against from the driver interface it exports, and rejects
+    /// versions outside `0.1.x`.
+    fn world_of(&self, component: &Component) -> Result<(PluginKind, String), String> {
         let component_type = component.component_type();
         let exports: Vec<String> = component_type.exports(&self.engine).map(|(name, _)| name.to_string()).collect();
         for name in &exports {
@@ -461,7 +516,7 @@ impl PluginHost {
                      package from wit/released/"
                 ));
             }
-            return Ok(kind);
+            return Ok((kind, version.to_string()));
         }
         Err(format!(
             "it exports no {WIT_PACKAGE} driver interface (exports: {}); build it for the agent, runtime or storage world",
@@ -643,11 +698,27 @@ impl PluginHost {
     }
 }
 
-fn check_kind(info: &PluginInfo, expected: PluginKind, source_name: &str) -> Result<(), PluginError> {
+/// Checks what `describe` reported against what the component is: its
+/// world, the ABI version of its interfaces, and a valid name.
+fn check_kind(info: &PluginInfo, expected: PluginKind, abi: &str, source_name: &str) -> Result<(), PluginError> {
+    if info.abi != abi {
+        return Err(PluginError::Load {
+            source_name: source_name.to_string(),
+            detail: format!(
+                "plugin `{}` reports ABI `{}` from describe, but its interfaces were built against {abi}; return \"{abi}\"",
+                info.name, info.abi
+            ),
+        });
+    }
     if info.kind != expected {
         return Err(PluginError::Load {
             source_name: source_name.to_string(),
-            detail: format!("plugin `{}` describes itself as {:?} but exports the {:?} world", info.name, info.kind, expected),
+            detail: format!(
+                "plugin `{}` describes itself as kind {} but exports the {} world",
+                info.name,
+                kind_name(info.kind),
+                kind_name(expected)
+            ),
         });
     }
     if info.name.is_empty() || !info.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
@@ -657,6 +728,15 @@ fn check_kind(info: &PluginInfo, expected: PluginKind, source_name: &str) -> Res
         });
     }
     Ok(())
+}
+
+/// Returns the WIT name of a plugin kind.
+pub fn kind_name(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::Agent => "agent",
+        PluginKind::Runtime => "runtime",
+        PluginKind::Storage => "storage",
+    }
 }
 
 /// Builds the engine; `memory_limit_mib` is the largest cap of any plugin.
@@ -701,6 +781,13 @@ fn deadline_ticks(budget: Duration) -> u64 {
     (budget.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1
 }
 
+/// Returns the end of a plugin's stderr without the Rust runtime's hint
+/// about `RUST_BACKTRACE`, which a plugin cannot act on: it has no environment.
+fn plugin_stderr(store: &Store<PluginState>) -> String {
+    let tail = store.data().stderr_tail(STDERR_IN_ERRORS);
+    tail.lines().filter(|line| !line.starts_with("note: run with `RUST_BACKTRACE=1`")).collect::<Vec<_>>().join("\n")
+}
+
 /// Turns the outcome of a guest call into the call's result or a [`PluginError`].
 fn settle<T>(
     label: &str,
@@ -710,20 +797,27 @@ fn settle<T>(
     outcome: Result<wasmtime::Result<Result<T, GuestError>>, tokio::time::error::Elapsed>,
 ) -> Result<T, PluginError> {
     let plugin = label.to_string();
-    let timed_out = || PluginError::TimedOut { plugin: plugin.clone(), timeout_ms: (limits.call_timeout + extra).as_millis() as u64 };
+    let stderr = || StderrTail(plugin_stderr(store));
+    let timed_out =
+        || PluginError::TimedOut { plugin: plugin.clone(), timeout_ms: (limits.call_timeout + extra).as_millis() as u64, stderr: stderr() };
     let result = match outcome {
         Err(_elapsed) => Err(timed_out()),
         Ok(Ok(Ok(value))) => Ok(value),
         Ok(Ok(Err(error))) => Err(PluginError::Returned { plugin: plugin.clone(), error: error.into() }),
         Ok(Err(trap)) if store.data().memory.exceeded => {
             tracing::debug!(plugin = %plugin, error = %format!("{trap:#}"), "plugin trapped after hitting its memory limit");
-            Err(PluginError::MemoryExhausted { plugin: plugin.clone(), limit_mib: limits.memory_limit_mib })
+            Err(PluginError::MemoryExhausted { plugin: plugin.clone(), limit_mib: limits.memory_limit_mib, stderr: stderr() })
         }
         Ok(Err(trap)) if matches!(trap.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt)) => Err(timed_out()),
         Ok(Err(trap)) => {
-            let stderr = store.data().stderr_tail(STDERR_IN_ERRORS);
-            let detail = if stderr.is_empty() { format!("{trap:#}") } else { format!("{trap:#}; plugin stderr: {stderr}") };
-            Err(PluginError::Trapped { plugin: plugin.clone(), detail })
+            // The wasm backtrace goes to the server log; the client gets the
+            // trap itself and what the plugin printed, such as a panic message.
+            tracing::debug!(plugin = %plugin, error = %format!("{trap:#}"), "plugin trapped");
+            let reason = match trap.downcast_ref::<wasmtime::Trap>() {
+                Some(code) => code.to_string(),
+                None => trap.root_cause().to_string(),
+            };
+            Err(PluginError::Trapped { plugin: plugin.clone(), detail: format!("{reason}{}", stderr()) })
         }
     };
     if let Err(error) = &result {
