@@ -301,6 +301,15 @@ async fn plugin_inspect_explains_a_component() {
     let output = server.cli(&["plugin", "inspect", not_wasm.to_str().unwrap()], None);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stdout).contains("not a WebAssembly component"));
+
+    // A core module, as a build for wasm32-unknown-unknown emits.
+    let core_module = server.data_dir.path().join("core.wasm");
+    std::fs::write(&core_module, b"\0asm\x01\0\0\0").unwrap();
+    let output = server.cli(&["plugin", "inspect", core_module.to_str().unwrap()], None);
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("core module"), "{text}");
+    assert!(text.contains("wasm32-wasip2"), "{text}");
 }
 
 /// Returns `from_cache` and `elapsed_ms` of the newest "plugins loaded" line.

@@ -416,11 +416,15 @@ impl AgentService {
                 self.take_down(&agent).await?;
                 Ok(AgentStatus::Offline)
             }
+            // A plan first, so an agent whose plugin cannot plan any more
+            // keeps running instead of being stopped for nothing.
             Operation::Restart => {
+                self.current_plan(&agent, None).await?;
                 self.take_down(&agent).await?;
                 self.bring_up(&agent, false).await
             }
             Operation::Redeploy => {
+                self.current_plan(&agent, None).await?;
                 self.take_down(&agent).await?;
                 if let Some(handle) = agent.handle.clone() {
                     self.runtime_destroy(&agent, handle).await?;

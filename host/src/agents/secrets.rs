@@ -132,7 +132,7 @@ impl AgentService {
 
     /// Asks the driver for the agent's current plan, with `extra_secret`
     /// added to the secret names if given.
-    async fn current_plan(&self, agent: &AgentRow, extra_secret: Option<&str>) -> Result<LaunchPlan, AgentError> {
+    pub(super) async fn current_plan(&self, agent: &AgentRow, extra_secret: Option<&str>) -> Result<LaunchPlan, AgentError> {
         let driver = self.plugins.agent_type(&agent.agent_type).ok_or_else(|| AgentError::InvalidAgentType {
             given: agent.agent_type.clone(),
             accepted: self.plugins.agent_types(),

@@ -307,11 +307,7 @@ impl PluginHost {
         let component = match Component::new(&self.engine, bytes) {
             Ok(component) => component,
             Err(error) => {
-                return Inspection {
-                    imports: Vec::new(),
-                    exports: Vec::new(),
-                    outcome: Err(format!("not a WebAssembly component this host can compile: {error:#}")),
-                };
+                return Inspection { imports: Vec::new(), exports: Vec::new(), outcome: Err(compile_error(bytes, &error)) };
             }
         };
         let component_type = component.component_type();
@@ -335,7 +331,7 @@ impl PluginHost {
     /// Returns the component and whether it came from the cache.
     fn compile(&self, bytes: &[u8], cache_file: &str, source_name: &str) -> Result<(Component, bool), String> {
         let Some(cache_dir) = &self.options.cache_dir else {
-            return Component::new(&self.engine, bytes).map(|c| (c, false)).map_err(|error| format!("{error:#}"));
+            return Component::new(&self.engine, bytes).map(|c| (c, false)).map_err(|error| compile_error(bytes, &error));
         };
         let path = cache_dir.join(cache_file);
         if path.is_file() {
@@ -347,7 +343,7 @@ impl PluginHost {
                 Err(error) => tracing::warn!(path = %path.display(), %error, "compiled plugin in the cache is unusable; compiling again"),
             }
         }
-        let component = Component::new(&self.engine, bytes).map_err(|error| format!("{error:#}"))?;
+        let component = Component::new(&self.engine, bytes).map_err(|error| compile_error(bytes, &error))?;
         let stored = component.serialize().map_err(std::io::Error::other).and_then(|compiled| {
             std::fs::create_dir_all(cache_dir)?;
             crate::fsutil::write_private_file(&path, &compiled)
@@ -384,6 +380,23 @@ impl PluginHost {
         let digest = sha2::Sha256::digest(bytes);
         format!("{}-{:016x}.cwasm", hex::encode(&digest[..16]), engine_hash.finish())
     }
+}
+
+/// Explains why bytes did not compile as a component: not WebAssembly at
+/// all, a core module instead of a component, or wasmtime's own reason.
+fn compile_error(bytes: &[u8], error: &wasmtime::Error) -> String {
+    const MAGIC: &[u8] = b"\0asm";
+    // The version field of the header: 1 for a core module; a component sets the layer byte.
+    const CORE_MODULE_VERSION: [u8; 4] = [1, 0, 0, 0];
+    if !bytes.starts_with(MAGIC) {
+        return "not a WebAssembly component: the file does not start with the WebAssembly header".into();
+    }
+    if bytes.get(4..8) == Some(&CORE_MODULE_VERSION[..]) {
+        return "not a WebAssembly component but a core module; build the plugin for the wasm32-wasip2 target \
+                (cargo build --target wasm32-wasip2), which emits a component"
+            .into();
+    }
+    format!("not a WebAssembly component this host can compile: {error:#}")
 }
 
 /// Adds `plugin` to `plugins`, replacing one of the same name with a warning.
