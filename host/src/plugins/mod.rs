@@ -468,7 +468,7 @@ impl PluginHost {
     async fn load(&self, component: Component, source: PluginSource, source_name: &str) -> Result<LoadedPlugin, PluginError> {
         let load_error = |detail: String| PluginError::Load { source_name: source_name.to_string(), detail };
         let (kind, abi) = self.world_of(&component).map_err(load_error)?;
-        // A linker error names the import this host lacks; say what that means.
+        // A linker error names the missing import, so add what it means for the plugin.
         let link_error = |error: wasmtime::Error| {
             let detail = format!("{error:#}");
             let hint = if detail.contains("matching implementation was not found") {
