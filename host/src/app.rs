@@ -28,10 +28,9 @@ use crate::schedules::ScheduleService;
 use crate::secrets::Keyring;
 use crate::store::Store;
 
-/// Largest request body the API reads, in bytes.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Largest oversized body read and discarded before the 413 is sent.
-const DRAIN_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+/// Largest oversized body read and discarded before the 413 is sent, beyond
+/// the configured limit.
+const DRAIN_EXTRA_BYTES: usize = 16 * 1024 * 1024;
 /// Time in-flight requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -218,16 +217,25 @@ impl App {
             secure_cookie: self.config.auth.secure_cookie,
             download_base_url: self.config.backups.download_base_url.clone(),
         });
+        let max_body = self.config.max_body_kib as usize * 1024;
         let service = api::service(state, server_url);
-        let spec_json = service.spec_endpoint();
-        let spec_yaml = service.spec_endpoint_yaml();
-        let swagger = service.swagger_ui();
+        let generated = service.spec();
+        let document = Arc::new(api::ApiDocument::new(&generated));
+        let published: Arc<dyn Fn() -> serde_json::Value + Send + Sync> = {
+            let document = Arc::clone(&document);
+            let plugins = Arc::clone(&self.plugins);
+            let regions: Vec<String> = self.config.regions.keys().cloned().collect();
+            Arc::new(move || document.published(&plugins.agent_types(), &regions))
+        };
+        let page = service.swagger_ui_html();
         Route::new()
-            .at("/openapi.json", spec_json)
-            .at("/openapi.yaml", spec_yaml)
-            .nest("/docs", swagger)
+            .at("/openapi.json", api::document_endpoint(Arc::clone(&published), api::DocumentFormat::Json))
+            .at("/openapi.yaml", api::document_endpoint(Arc::clone(&published), api::DocumentFormat::Yaml))
+            .at("/docs", api::swagger_ui(&page, &generated, Arc::clone(&published)))
+            .at("/docs/", api::swagger_ui(&page, &generated, published))
             .nest("/", service)
-            .around(limit_body)
+            .around(move |next, request| api::check_body(next, request, Arc::clone(&document)))
+            .around(move |next, request| limit_body(next, request, max_body))
             .with(CatchPanic::new().with_handler(|_panic| {
                 // The panic itself is already on stderr through the panic hook.
                 ApiError::internal(&"a request handler panicked")
@@ -291,29 +299,35 @@ impl App {
     }
 }
 
-/// Rejects bodies over [`MAX_BODY_BYTES`] with 413, whether or not the
-/// client declared their length.
-async fn limit_body<E: Endpoint>(next: E, mut request: Request) -> poem::Result<poem::Response> {
+/// Rejects bodies over `limit` bytes with 413, whether or not the client
+/// declared their length.
+async fn limit_body<E: Endpoint>(next: E, mut request: Request, limit: usize) -> poem::Result<poem::Response> {
     use poem::IntoResponse;
-    let too_large = || Ok(ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE, &format!("the request body exceeds {MAX_BODY_BYTES} bytes")).into_response());
+    let too_large = || {
+        let message = format!(
+            "the request body exceeds {} KiB; send less, or raise max_body_kib in the server configuration",
+            limit / 1024
+        );
+        Ok(ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE, &message).into_response())
+    };
     let declared = request
         .headers()
         .get(poem::http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<usize>().ok());
     match declared {
-        Some(length) if length > MAX_BODY_BYTES => {
+        Some(length) if length > limit => {
             // Reading a moderately oversized body before the response lets
             // the client finish sending and see the 413 instead of a reset
             // connection. A huge body is cut off at once.
-            if length <= DRAIN_LIMIT_BYTES {
-                let _ = request.take_body().into_bytes_limit(DRAIN_LIMIT_BYTES).await;
+            if length <= limit + DRAIN_EXTRA_BYTES {
+                let _ = request.take_body().into_bytes_limit(limit + DRAIN_EXTRA_BYTES).await;
             }
             return too_large();
         }
         Some(_) => {}
         None if request.headers().contains_key(poem::http::header::TRANSFER_ENCODING) => {
-            match request.take_body().into_bytes_limit(MAX_BODY_BYTES).await {
+            match request.take_body().into_bytes_limit(limit).await {
                 Ok(bytes) => request.set_body(Body::from_bytes(bytes)),
                 Err(_) => return too_large(),
             }

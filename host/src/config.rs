@@ -37,6 +37,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `text` (default) or `json` log lines on stderr.
     pub log_format: LogFormat,
+    /// Largest request body the API accepts, in KiB; a larger one gets 413.
+    /// Default 1024 (1 MiB), at most 65536.
+    pub max_body_kib: u32,
     pub auth: AuthConfig,
     pub plugins: PluginConfig,
     pub agents: AgentConfig,
@@ -326,6 +329,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: default_data_dir(),
             log_format: LogFormat::Text,
+            max_body_kib: 1024,
             auth: AuthConfig::default(),
             plugins: PluginConfig::default(),
             agents: AgentConfig::default(),
@@ -401,6 +405,9 @@ impl Config {
 
     /// Checks settings that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=65_536).contains(&self.max_body_kib) {
+            return Err(invalid("max_body_kib", format!("{} is out of range; give 1 to 65536 KiB", self.max_body_kib)));
+        }
         let [first, last] = self.agents.port_range;
         if first == 0 || first > last {
             return Err(invalid(

@@ -67,10 +67,13 @@ pub struct Agent {
     /// **Extension.** Why the agent is in `ERROR`; null otherwise.
     #[oai(nullable)]
     status_message: Option<String>,
-    /// **Extension.** Last change of status or configuration.
+    /// **Extension.** Last change of status or configuration. Always sent;
+    /// optional in the schema only because the reference omits it.
+    #[oai(default = "Timestamp::unset")]
     updated_at: Timestamp,
     /// **Extension.** True when the agent's secrets changed after its
-    /// process last started; a restart applies them.
+    /// process last started; a restart applies them. Always sent.
+    #[oai(default)]
     restart_pending: bool,
 }
 

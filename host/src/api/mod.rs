@@ -6,6 +6,7 @@
 
 mod agents;
 mod backups;
+mod document;
 mod error;
 mod schedules;
 mod secrets;
@@ -17,11 +18,12 @@ mod tokens;
 
 use std::sync::Arc;
 
-use poem::http::{Method, StatusCode};
+use poem::http::StatusCode;
 use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::auth::{ApiKey, Bearer};
 use poem_openapi::{OpenApiService, SecurityScheme, Tags};
 
+pub use document::{ApiDocument, BodyError, DocumentFormat, Published, check_body, document_endpoint, swagger_ui};
 pub use error::{ApiError, ErrorBody};
 pub use timestamp::Timestamp;
 
@@ -96,13 +98,11 @@ impl ApiState {
     }
 }
 
-/// Rejects a state-changing request that a browser sent from another site.
-/// Requests without `Origin` and `Sec-Fetch-Site`, such as curl's, pass:
-/// the SameSite=Strict cookie is what keeps browsers out in that case.
+/// Rejects a cookie-authenticated request that a browser sent from another
+/// site, whatever its method. Requests without `Origin` and `Sec-Fetch-Site`,
+/// such as curl's, pass: the SameSite=Strict cookie is what keeps browsers
+/// out in that case.
 fn check_same_origin(request: &Request) -> Result<(), AuthError> {
-    if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        return Ok(());
-    }
     let header = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok());
     if let Some(site) = header("sec-fetch-site") {
         if site != "same-origin" && site != "none" {

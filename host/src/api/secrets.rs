@@ -19,7 +19,8 @@ pub struct SecretsApi {
 #[oai(rename_all = "camelCase")]
 pub struct SecretKey {
     key: String,
-    /// **Extension.** When the value was last set.
+    /// **Extension.** When the value was last set. Always sent.
+    #[oai(default = "Timestamp::unset")]
     updated_at: Timestamp,
 }
 

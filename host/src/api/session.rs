@@ -6,7 +6,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::sensitive::Sensitive;
 use super::{ApiError, ApiState, ApiTags, Credentials};
-use crate::auth::{AuthError, SESSION_COOKIE};
+use crate::auth::SESSION_COOKIE;
 
 /// Login sessions (extension): the session cookie is what creating and
 /// revoking tokens requires.
@@ -71,10 +71,8 @@ impl SessionApi {
     /// **Extension.** Ends the current session. Needs the session cookie.
     #[oai(path = "/api/auth/logout", method = "post", operation_id = "logout")]
     async fn logout(&self, credentials: Credentials, request: &Request) -> Result<LogoutResponse, ApiError> {
-        let Credentials::Session(_) = &credentials else {
-            return Err(AuthError::SessionRequired.into());
-        };
-        let caller = self.state.authorize(&credentials, request, crate::auth::Scope::Read).await?;
+        let caller = self.state.authenticate_any(&credentials, request).await?;
+        caller.require_session()?;
         self.state.auth.logout(&caller).await?;
         Ok(LogoutResponse::Done(self.cookie("", 0)))
     }

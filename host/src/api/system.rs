@@ -15,9 +15,10 @@ pub struct Liveness {
 
 #[OpenApi(tag = "ApiTags::System")]
 impl SystemApi {
-    /// Liveness of the control plane
+    /// Liveness of the control plane (extension)
     ///
-    /// Needs no credentials. Returns 200 while the server accepts requests.
+    /// **Extension.** Needs no credentials. Returns 200 while the server
+    /// accepts requests.
     #[oai(path = "/healthz", method = "get", operation_id = "getHealthz")]
     async fn healthz(&self) -> Json<Liveness> {
         Json(Liveness { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })

@@ -20,6 +20,11 @@ impl Timestamp {
     pub fn as_ms(self) -> i64 {
         self.0.timestamp_millis()
     }
+
+    /// The Unix epoch: the value of an optional timestamp a request omits.
+    pub fn unset() -> Timestamp {
+        Timestamp::from_ms(0)
+    }
 }
 
 impl Type for Timestamp {

@@ -1,0 +1,331 @@
+//! The OpenAPI document as the server publishes it, and the check of every
+//! JSON request body against the document's schema for it.
+//!
+//! poem-openapi generates the document from the handlers. Two things it
+//! cannot know are added here: request bodies reject unknown fields
+//! (`additionalProperties: false`), and the agent types and regions this
+//! server accepts, which come from the loaded plugins and the configuration.
+//! Bodies are validated against the document before a handler runs, so a
+//! malformed body gets a 400 that names the field, the same way for every
+//! operation.
+
+use std::sync::Arc;
+
+use poem::endpoint::make_sync;
+use poem::http::Method;
+use poem::web::Html;
+use poem::{Endpoint, IntoResponse, Request, Response};
+use serde_json::{Map, Value, json};
+
+use super::ApiError;
+
+/// Produces the published document on each request, so that it lists the
+/// agent types of the plugins loaded now.
+pub type Published = Arc<dyn Fn() -> Value + Send + Sync>;
+
+#[derive(Debug, Clone, Copy)]
+pub enum DocumentFormat {
+    Json,
+    Yaml,
+}
+
+/// Serves the published document as JSON or YAML.
+pub fn document_endpoint(published: Published, format: DocumentFormat) -> impl Endpoint + use<> {
+    make_sync(move |_| {
+        let document = published();
+        let (content_type, text) = match format {
+            DocumentFormat::Json => ("application/json", serde_json::to_string_pretty(&document).unwrap_or_default()),
+            DocumentFormat::Yaml => ("application/yaml", serde_yaml::to_string(&document).unwrap_or_default()),
+        };
+        Response::builder().content_type(content_type).body(text)
+    })
+}
+
+/// Serves poem-openapi's Swagger UI page with the published document in
+/// place of the generated one it embeds.
+pub fn swagger_ui(page: &str, generated: &str, published: Published) -> impl Endpoint + use<> {
+    let (head, tail) = page.split_once(generated).expect("the Swagger UI page embeds the generated document");
+    let (head, tail): (Arc<str>, Arc<str>) = (head.into(), tail.into());
+    make_sync(move |_| {
+        // `</` inside a JSON string would end the page's script element.
+        let document = serde_json::to_string(&published()).unwrap_or_default().replace("</", "<\\/");
+        Html(format!("{head}{document}{tail}"))
+    })
+}
+
+/// Middleware: rejects a JSON body that does not fit its operation's schema
+/// with 400 before any handler runs.
+pub async fn check_body<E: Endpoint>(next: E, mut request: Request, document: Arc<ApiDocument>) -> poem::Result<Response> {
+    if matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH) {
+        let body = request.take_body().into_bytes().await?;
+        if let Err(BodyError(message)) = document.check_body(request.method(), request.uri().path(), &body) {
+            return Ok(ApiError::bad_request("invalid_request", message).into_response());
+        }
+        request.set_body(body);
+    }
+    Ok(next.call(request).await?.into_response())
+}
+
+/// Longest error message built from a validation failure, in characters.
+const MAX_MESSAGE_CHARS: usize = 400;
+
+/// The document and one compiled validator per operation with a JSON body.
+pub struct ApiDocument {
+    base: Value,
+    bodies: Vec<BodyRule>,
+}
+
+struct BodyRule {
+    method: Method,
+    /// Path segments; `None` matches any one segment (a path parameter).
+    segments: Vec<Option<String>>,
+    schema_name: String,
+    required: bool,
+    validator: jsonschema::Validator,
+}
+
+/// A request body that does not fit its operation's schema.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BodyError(pub String);
+
+impl ApiDocument {
+    /// Builds the document from poem-openapi's JSON output.
+    pub fn new(generated: &str) -> ApiDocument {
+        let mut base: Value = serde_json::from_str(generated).expect("poem-openapi generates valid JSON");
+        merge_annotation_members(&mut base);
+        let mut rules = Vec::new();
+        let mut closed = Vec::new();
+        for (path, methods) in base["paths"].as_object().cloned().unwrap_or_default() {
+            for (method, operation) in methods.as_object().cloned().unwrap_or_default() {
+                let body = &operation["requestBody"];
+                let Some(reference) = json_media(&body["content"])["schema"]["$ref"].as_str() else { continue };
+                let schema_name = reference.rsplit('/').next().unwrap_or_default().to_string();
+                closed.push(schema_name.clone());
+                rules.push((method, path.clone(), schema_name, body["required"].as_bool().unwrap_or(false)));
+            }
+        }
+        for name in &closed {
+            if let Some(schema) = base["components"]["schemas"][name].as_object_mut() {
+                schema.insert("additionalProperties".into(), Value::Bool(false));
+            }
+        }
+        let schemas = json_schema(&base["components"]["schemas"]);
+        let bodies = rules
+            .into_iter()
+            .map(|(method, path, schema_name, required)| {
+                let root = json!({
+                    "$ref": format!("#/components/schemas/{schema_name}"),
+                    "components": {"schemas": schemas.clone()},
+                });
+                let validator = jsonschema::draft7::new(&root).expect("the generated schemas are valid JSON Schema");
+                BodyRule {
+                    method: method.to_uppercase().parse().expect("an HTTP method"),
+                    segments: path
+                        .split('/')
+                        .map(|segment| (!segment.starts_with('{')).then(|| segment.to_string()))
+                        .collect(),
+                    schema_name,
+                    required,
+                    validator,
+                }
+            })
+            .collect();
+        ApiDocument { base, bodies }
+    }
+
+    /// The document with the agent types and regions of this server filled in.
+    pub fn published(&self, agent_types: &[String], regions: &[String]) -> Value {
+        let mut document = self.base.clone();
+        let deploy = &mut document["components"]["schemas"]["DeployRequest"]["properties"];
+        if deploy.is_object() {
+            deploy["agentType"]["enum"] = json!(agent_types);
+            deploy["region"]["enum"] = json!(regions);
+        }
+        document
+    }
+
+    /// Checks the body of a request to `method path` against the schema of
+    /// its operation. Requests to other paths pass unchecked.
+    pub fn check_body(&self, method: &Method, path: &str, body: &[u8]) -> Result<(), BodyError> {
+        let segments: Vec<&str> = path.split('/').collect();
+        let Some(rule) = self.bodies.iter().find(|rule| {
+            rule.method == method
+                && rule.segments.len() == segments.len()
+                && rule.segments.iter().zip(&segments).all(|(want, got)| want.as_deref().is_none_or(|want| want == *got))
+        }) else {
+            return Ok(());
+        };
+        if body.iter().all(u8::is_ascii_whitespace) {
+            if rule.required {
+                return Err(BodyError(format!(
+                    "the request body is empty; send a JSON object as described by the {} schema in /openapi.json",
+                    rule.schema_name
+                )));
+            }
+            return Ok(());
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|error| {
+            BodyError(format!("the request body is not valid JSON ({error}); send a JSON object"))
+        })?;
+        let mut problems: Vec<String> = rule.validator.iter_errors(&value).map(|error| describe(&error)).collect();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        problems.sort();
+        problems.dedup();
+        let mut message = format!("invalid {}: {}", rule.schema_name, problems.join("; "));
+        if message.chars().count() > MAX_MESSAGE_CHARS {
+            message = message.chars().take(MAX_MESSAGE_CHARS).collect::<String>() + "…";
+        }
+        Err(BodyError(message))
+    }
+}
+
+/// Describes one validation failure by the field it concerns, without
+/// repeating the value sent, which may be a secret.
+fn describe(error: &jsonschema::ValidationError<'_>) -> String {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let pointer = error.instance_path().to_string();
+    let field = pointer.trim_start_matches('/').replace('/', ".");
+    let at = if field.is_empty() { "the body".to_string() } else { format!("field `{field}`") };
+    match error.kind() {
+        Kind::Required { property } => {
+            let name = property.as_str().map_or_else(|| property.to_string(), str::to_string);
+            if field.is_empty() { format!("field `{name}` is required") } else { format!("{at}: field `{name}` is required") }
+        }
+        Kind::AdditionalProperties { unexpected } => {
+            let names = unexpected.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", ");
+            format!("{at} has unknown field {names}; remove it")
+        }
+        Kind::Type { kind } => format!("{at} must be of type {}", type_names(kind)),
+        Kind::Enum { options } => format!("{at} must be one of {options}"),
+        _ => format!("{at}: {}", error.masked_with("the value")),
+    }
+}
+
+fn type_names(kind: &jsonschema::error::TypeKind) -> String {
+    match kind {
+        jsonschema::error::TypeKind::Single(single) => single.to_string(),
+        jsonschema::error::TypeKind::Multiple(many) => {
+            many.iter().map(|single| single.to_string()).filter(|name| name != "null").collect::<Vec<_>>().join(" or ")
+        }
+    }
+}
+
+/// poem-openapi writes a nullable or described reference as
+/// `allOf: [{$ref}, {nullable: true, description}]`. The second member is no
+/// schema of its own, and client generators reject it; its keywords move
+/// to the enclosing schema.
+fn merge_annotation_members(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            if let Some(Value::Array(members)) = object.get_mut("allOf") {
+                let mut annotations = Map::new();
+                members.retain(|member| match member.as_object() {
+                    Some(keys) if !keys.is_empty() && keys.keys().all(|key| key == "nullable" || key == "description") => {
+                        annotations.extend(keys.clone());
+                        false
+                    }
+                    _ => true,
+                });
+                for (key, annotation) in annotations {
+                    object.entry(key).or_insert(annotation);
+                }
+            }
+            object.values_mut().for_each(merge_annotation_members);
+        }
+        Value::Array(items) => items.iter_mut().for_each(merge_annotation_members),
+        _ => {}
+    }
+}
+
+/// The JSON entry of an OpenAPI `content` map, whose key may carry
+/// parameters such as `; charset=utf-8`.
+fn json_media(content: &Value) -> &Value {
+    content
+        .as_object()
+        .and_then(|media| media.iter().find(|(key, _)| key.starts_with("application/json")).map(|(_, value)| value))
+        .unwrap_or(&Value::Null)
+}
+
+/// Rewrites OpenAPI 3.0 schemas into JSON Schema: `nullable: true` becomes
+/// a `null` alternative.
+fn json_schema(schema: &Value) -> Value {
+    match schema {
+        Value::Object(object) => {
+            let mut converted: Map<String, Value> =
+                object.iter().filter(|(key, _)| *key != "nullable").map(|(key, value)| (key.clone(), json_schema(value))).collect();
+            if object.get("nullable") != Some(&Value::Bool(true)) {
+                return Value::Object(converted);
+            }
+            match converted.get("type").cloned() {
+                Some(Value::String(json_type)) => {
+                    converted.insert("type".into(), json!([json_type, "null"]));
+                    if let Some(Value::Array(values)) = converted.get_mut("enum") {
+                        values.push(Value::Null);
+                    }
+                    Value::Object(converted)
+                }
+                _ => json!({"anyOf": [Value::Object(converted), {"type": "null"}]}),
+            }
+        }
+        Value::Array(items) => Value::Array(items.iter().map(json_schema).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document() -> ApiDocument {
+        let spec = json!({
+            "openapi": "3.0.0",
+            "paths": {"/api/things/{id}": {"post": {
+                "requestBody": {"required": true, "content": {"application/json; charset=utf-8": {"schema": {"$ref": "#/components/schemas/Thing"}}}},
+            }}},
+            "components": {"schemas": {"Thing": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "maxLength": 4},
+                    "note": {"type": "string", "nullable": true},
+                    "password": {"type": "string", "writeOnly": true, "maxLength": 3},
+                },
+            }}},
+        });
+        ApiDocument::new(&spec.to_string())
+    }
+
+    fn check(body: &str) -> Result<(), BodyError> {
+        document().check_body(&Method::POST, "/api/things/abc", body.as_bytes())
+    }
+
+    #[test]
+    fn valid_bodies_and_other_paths_pass() {
+        assert_eq!(check(r#"{"name": "ok", "note": null}"#), Ok(()));
+        assert_eq!(document().check_body(&Method::POST, "/api/other", b"not json"), Ok(()));
+        assert_eq!(document().check_body(&Method::GET, "/api/things/abc", b"not json"), Ok(()));
+    }
+
+    #[test]
+    fn failures_name_the_field() {
+        let BodyError(message) = check(r#"{"name": 5}"#).unwrap_err();
+        assert!(message.contains("field `name` must be of type string"), "{message}");
+        let BodyError(message) = check(r#"{"note": "x"}"#).unwrap_err();
+        assert!(message.contains("field `name` is required"), "{message}");
+        let BodyError(message) = check(r#"{"name": "a", "colour": "red"}"#).unwrap_err();
+        assert!(message.contains("unknown field `colour`"), "{message}");
+        let BodyError(message) = check("{").unwrap_err();
+        assert!(message.contains("not valid JSON"), "{message}");
+        let BodyError(message) = check("").unwrap_err();
+        assert!(message.contains("empty"), "{message}");
+    }
+
+    #[test]
+    fn failures_never_repeat_the_value() {
+        let BodyError(message) = check(r#"{"name": "a", "password": "hunter2-secret"}"#).unwrap_err();
+        assert!(message.contains("field `password`"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+}
