@@ -166,18 +166,30 @@ async fn malformed_bodies_get_400_in_the_error_shape() {
     let server = Server::start().await;
     let token = server.user_with_token("ops@example.com");
 
+    // Each case names the field at fault in the message.
     let cases = [
-        json!({"agentType": "openclaw"}),
-        json!({"agentType": "openclaw", "region": "eu", "colour": "blue"}),
-        json!({"agentType": 7, "region": "eu"}),
-        json!({"agentType": "openclaw", "region": "eu", "name": ""}),
+        (json!({"agentType": "openclaw"}), "field `region` is required"),
+        (json!({"agentType": "openclaw", "region": "eu", "colour": "blue"}), "unknown field `colour`"),
+        (json!({"agentType": 7, "region": "eu"}), "field `agentType` must be of type string"),
+        (json!({"agentType": "openclaw", "region": "eu", "name": ""}), "field `name`"),
+        (json!({"agentType": "openclaw", "region": "eu", "name": " padded"}), "field `name`"),
+        (json!({"agentType": "openclaw", "region": ["eu"]}), "field `region` must be of type string"),
+        (json!(["openclaw", "eu"]), "the body must be of type object"),
     ];
-    for body in cases {
+    for (body, named) in cases {
         let (status, answer) = server.post(&token, "/api/agents/deploy", body.clone()).await;
         assert_eq!(status, 400, "{body} was answered with {status}: {answer}");
-        assert!(answer["code"].is_string(), "{answer}");
-        assert!(answer["message"].is_string(), "{answer}");
+        assert_error_shape(&answer, "invalid_request");
+        assert!(answer["message"].as_str().unwrap().contains(named), "{body}: {answer}");
     }
+    let (status, answer) = server.post(&token, "/api/user/tokens", json!({"name": "ci", "scopes": ["admin"]})).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("field `scopes.0` must be one of"), "{answer}");
+    // A rejected secret value is never repeated back.
+    let (status, answer) = server.post(&token, "/api/agents/oc-a1b2c3/secrets", json!({"key": "K", "value": "hunter2\u{0}"})).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("field `value`"), "{answer}");
+    assert!(!answer.to_string().contains("hunter2"), "{answer}");
 
     let response = server
         .http
@@ -204,6 +216,95 @@ async fn oversized_body_gets_413() {
 }
 
 #[tokio::test]
+async fn configured_body_limit_applies_with_and_without_a_length() {
+    let options = common::Options { extra_config: String::new(), ..common::Options::default() };
+    let mut server = Server::start_with(options).await;
+    server.kill();
+    let config = std::fs::read_to_string(server.config_path()).unwrap();
+    std::fs::write(server.config_path(), format!("max_body_kib = 4\n{config}")).unwrap();
+    server.launch().await;
+    let token = server.user_with_token("ops@example.com");
+
+    // 5 KiB with Content-Length, then the same body chunked without one.
+    let body = json!({"agentType": "testkit", "region": "eu", "name": "x".repeat(5 * 1024)}).to_string();
+    let request = server.http.post(format!("{}/api/agents/deploy", server.url)).bearer_auth(&token).header("content-type", "application/json");
+    let (status, answer) = split(request.body(body.clone()).send().await.unwrap()).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_error_shape(&answer, "payload_too_large");
+    assert!(answer["message"].as_str().unwrap().contains("4 KiB"), "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("max_body_kib"), "{answer}");
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = server.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /api/agents/deploy HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.as_bytes().chunks(512) {
+        stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await.unwrap();
+        stream.write_all(chunk).await.unwrap();
+        stream.write_all(b"\r\n").await.unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("payload_too_large") && reply.contains("max_body_kib"), "{reply}");
+    // Under the limit the same route works, and nothing was created before.
+    let (status, agents) = server.get(&token, "/api/agents").await;
+    assert_eq!(status, 200);
+    assert_eq!(agents["agents"], json!([]));
+    let (status, answer) = server.post(&token, "/api/agents/deploy", json!({"agentType": "testkit", "region": "eu"})).await;
+    assert_eq!(status, 201, "{answer}");
+}
+
+#[tokio::test]
+async fn undocumented_methods_get_405_with_allow() {
+    let server = Server::start().await;
+    let token = server.user_with_token("ops@example.com");
+    let cases = [
+        ("TRACE", "/api/agents", "GET"),
+        ("OPTIONS", "/api/agents/deploy", "POST"),
+        ("PUT", "/api/agents/oc-a1b2c3", "DELETE, GET"),
+        ("PATCH", "/api/user/tokens", "GET, POST"),
+    ];
+    for (method, path, allow) in cases {
+        let request = server.http.request(method.parse().unwrap(), format!("{}{path}", server.url)).bearer_auth(&token);
+        let response = request.send().await.unwrap();
+        let header = response.headers().get("allow").map(|value| value.to_str().unwrap().to_string());
+        let (status, body) = split(response).await;
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        assert_error_shape(&body, "method_not_allowed");
+        assert_eq!(header.as_deref(), Some(allow), "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn secret_bodies_follow_the_document() {
+    let server = Server::start().await;
+    let token = server.user_with_token("ops@example.com");
+    let agent = server.deploy(&token, "testkit", None).await;
+    let path = format!("/api/agents/{}/secrets", agent["id"].as_str().unwrap());
+    // The longest key and value the document allows are stored, counting
+    // characters, not bytes.
+    let key = format!("K{}", "_".repeat(255));
+    let (status, body) = server.post(&token, &path, json!({"key": key, "value": "é".repeat(65_536)})).await;
+    assert_eq!(status, 201, "{body}");
+    for (body, field) in [
+        (json!({"key": "", "value": "v"}), "field `key`"),
+        (json!({"key": "1ABC", "value": "v"}), "field `key`"),
+        (json!({"key": format!("K{}", "_".repeat(256)), "value": "v"}), "field `key`"),
+        (json!({"key": "K", "value": "x".repeat(65_537)}), "field `value`"),
+    ] {
+        let (status, answer) = server.post(&token, &path, body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_error_shape(&answer, "invalid_request");
+        assert!(answer["message"].as_str().unwrap().contains(field), "{answer}");
+    }
+}
+
+#[tokio::test]
 async fn unknown_route_and_malformed_ids_get_404() {
     let server = Server::start().await;
     let token = server.user_with_token("ops@example.com");
@@ -215,6 +316,57 @@ async fn unknown_route_and_malformed_ids_get_404() {
         assert_eq!(status, 404, "{id}: {body}");
         assert_error_shape(&body, "not_found");
     }
+}
+
+/// SQL statements the server logged since `from` bytes into its log.
+fn statements_since(server: &Server, from: usize) -> Vec<String> {
+    server.log()[from..].lines().filter(|line| line.contains("sqlx::query")).map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn malformed_path_ids_get_404_without_a_resource_query() {
+    let options = common::Options { log_filter: "info,agentstead=debug,sqlx::query=debug".into(), ..common::Options::default() };
+    let server = Server::start_with(options).await;
+    let token = server.user_with_token("ops@example.com");
+    let agent = server.deploy(&token, "testkit", None).await;
+    let id = agent["id"].as_str().unwrap();
+    let bad = ["oc-zzzzzzz", "OC-A1B2C3", "not%20an%20id", "bkp_short", "sch_UPPERCASE0", "tok_x", "..", "lower-case!"];
+
+    let mut requests = Vec::new();
+    for value in bad {
+        for path in ["", "/logs", "/health", "/metrics", "/events", "/secrets", "/workspace/backups", "/schedules"] {
+            requests.push((reqwest::Method::GET, format!("/api/agents/{value}{path}")));
+        }
+        requests.push((reqwest::Method::POST, format!("/api/agents/{value}/restart")));
+        requests.push((reqwest::Method::GET, format!("/api/agents/{id}/workspace/backups/{value}/download")));
+        requests.push((reqwest::Method::DELETE, format!("/api/agents/{id}/workspace/backups/{value}")));
+        requests.push((reqwest::Method::DELETE, format!("/api/agents/{id}/schedules/{value}")));
+        requests.push((reqwest::Method::POST, format!("/api/agents/{id}/schedules/{value}/run")));
+        // A secret key has the shape of an environment variable name.
+        if value.contains(['-', '%', '.', '!']) {
+            requests.push((reqwest::Method::DELETE, format!("/api/agents/{id}/secrets/{value}")));
+        }
+    }
+    for (method, path) in requests {
+        let before = server.log().len();
+        let response = server.http.request(method.clone(), format!("{}{path}", server.url)).bearer_auth(&token).send().await.unwrap();
+        let (status, body) = split(response).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert_error_shape(&body, "not_found");
+        // The token lookup is the only statement; the resource is never queried.
+        let statements = statements_since(&server, before);
+        assert!(
+            statements.iter().all(|line| line.contains("FROM tokens")),
+            "{method} {path} queried more than the token:\n{}",
+            statements.join("\n")
+        );
+    }
+
+    // The check would notice a query: a well-formed id is looked up.
+    let before = server.log().len();
+    let (status, _) = server.get(&token, "/api/agents/oc-a1b2c3").await;
+    assert_eq!(status, 404);
+    assert!(statements_since(&server, before).iter().any(|line| line.contains("FROM agents")), "{}", server.log());
 }
 
 #[tokio::test]

@@ -163,7 +163,7 @@ async fn quota_rejects_then_delete_frees_it() {
 
     let first = backup(&server, &token, &id).await["id"].as_str().unwrap().to_string();
     let (status, body) = server.post_empty(&token, &format!("/api/agents/{id}/workspace/backup")).await;
-    assert_eq!(status, 507, "{body}");
+    assert_eq!(status, 409, "{body}");
     assert_eq!(body["code"], "quota_exceeded");
     let message = body["message"].as_str().unwrap();
     assert!(message.contains("300000"), "{message}");

@@ -380,7 +380,8 @@ async fn swagger_ui_authorizes_and_lists_agents_in_chromium() {
 #[tokio::test]
 async fn schemathesis_finds_no_faults() {
     let Some(st) = venv_program("st") else { return };
-    let server = Server::start().await;
+    // Every deploy schemathesis makes holds an agent port.
+    let server = Server::start_with(common::Options { ports: 400, ..common::Options::default() }).await;
     let token = server.user_with_token("fuzz@contract.test");
     let work = tempfile::tempdir().unwrap();
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/contract/schemathesis.toml");

@@ -164,7 +164,7 @@ async fn secrets_per_agent_are_limited() {
         assert_eq!(status, 201, "secret {n}: {body}");
     }
     let (status, body) = server.post(&token, &path, json!({"key": "KEY_100", "value": "v"})).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 409, "{body}");
     assert_eq!(body["code"], "too_many_secrets", "{body}");
     assert!(body["message"].as_str().unwrap().contains("100"), "{body}");
     let (status, _) = server.post(&token, &path, json!({"key": "KEY_7", "value": "replaced"})).await;

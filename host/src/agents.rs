@@ -763,16 +763,7 @@ fn with_install_hint(error: AgentError, driver: &LoadedPlugin) -> AgentError {
 }
 
 fn validate_name(name: &str) -> Result<(), AgentError> {
-    let length = name.chars().count();
-    if !(1..=64).contains(&length) {
-        return Err(AgentError::InvalidName(format!("`{name}` has {length} characters; use 1 to 64")));
-    }
-    if name.chars().any(char::is_control) || name.trim() != name {
-        return Err(AgentError::InvalidName(format!(
-            "{name:?} contains control characters or leading or trailing spaces"
-        )));
-    }
-    Ok(())
+    ids::check_label(name, 64).map_err(AgentError::InvalidName)
 }
 
 fn is_env_name(name: &str) -> bool {

@@ -234,7 +234,7 @@ impl App {
             .at("/docs", api::swagger_ui(&page, &generated, Arc::clone(&published)))
             .at("/docs/", api::swagger_ui(&page, &generated, published))
             .nest("/", service)
-            .around(move |next, request| api::check_body(next, request, Arc::clone(&document)))
+            .around(move |next, request| api::check_request(next, request, Arc::clone(&document)))
             .around(move |next, request| limit_body(next, request, max_body))
             .with(CatchPanic::new().with_handler(|_panic| {
                 // The panic itself is already on stderr through the panic hook.

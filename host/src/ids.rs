@@ -39,6 +39,32 @@ pub fn is_prefixed_id(id: &str, prefix: &str, len: usize) -> bool {
         .is_some_and(|rest| rest.len() == len && rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
 }
 
+/// Characters that may neither start nor end a label: controls and the
+/// Unicode White_Space characters that `str::trim` removes.
+macro_rules! label_edge_excluded {
+    () => {
+        r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+    };
+}
+
+/// Checks a human-readable label (an agent, schedule or token name): 1 to
+/// `max` characters, no control characters, no leading or trailing
+/// whitespace. [`LABEL_PATTERN`] says the same in the OpenAPI document.
+pub fn check_label(label: &str, max: usize) -> Result<(), String> {
+    let length = label.chars().count();
+    if length == 0 || length > max {
+        return Err(format!("{label:?} has {length} characters; use 1 to {max}"));
+    }
+    if label.chars().any(char::is_control) || label.trim() != label {
+        return Err(format!("{label:?} contains control characters or leading or trailing spaces; remove them"));
+    }
+    Ok(())
+}
+
+/// The JSON Schema pattern of [`check_label`], without the length.
+pub const LABEL_PATTERN: &str =
+    concat!("^[^", label_edge_excluded!(), "]([^", r"\x00-\x1f\x7f-\x9f", "]*[^", label_edge_excluded!(), "])?$");
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +82,18 @@ mod tests {
     fn malformed_agent_ids_are_rejected() {
         for id in ["oc-a1b2c", "oc-A1B2C3", "oca1b2c3", "-a1b2c3", "oc-a1b2c3d", "o1-a1b2c3", "oc-a1b2c/"] {
             assert!(!is_agent_id(id), "{id}");
+        }
+    }
+
+    #[test]
+    fn label_pattern_agrees_with_check_label() {
+        let pattern = regex::Regex::new(LABEL_PATTERN).unwrap();
+        let samples = [
+            "a", "my agent", "Daily backup", " padded", "padded ", "\u{a0}nbsp", "tab\there", "line\nbreak", "x\u{85}",
+            "\u{3000}ideographic", "ends\u{2029}", "é", "emoji 🦀", "\u{200b}zero-width", "mid\u{2003}space", "\u{7f}",
+        ];
+        for sample in samples {
+            assert_eq!(check_label(sample, 64).is_ok(), pattern.is_match(sample), "{sample:?}");
         }
     }
 

@@ -130,10 +130,7 @@ pub fn next_run(expression: &str) -> Option<i64> {
 }
 
 fn validate_name(name: &str) -> Result<(), ScheduleError> {
-    let length = name.chars().count();
-    if !(1..=100).contains(&length) || name.chars().any(char::is_control) || name.trim().is_empty() {
-        return Err(ScheduleError::InvalidName(format!("{name:?} must have 1 to 100 printable characters")));
-    }
+    ids::check_label(name, 100).map_err(ScheduleError::InvalidName)?;
     Ok(())
 }
 
@@ -286,10 +283,11 @@ impl ScheduleService {
     }
 
     async fn owned(&self, user_id: &str, agent_id: &str, schedule_id: &str) -> Result<ScheduleRow, ScheduleError> {
-        self.agents.get(user_id, agent_id).await?;
+        // Both ids are checked for shape before any query.
         if !ids::is_prefixed_id(schedule_id, "sch_", 12) {
             return Err(ScheduleError::NotFound(schedule_id.to_string()));
         }
+        self.agents.get(user_id, agent_id).await?;
         self.store
             .schedule_of(user_id, agent_id, schedule_id)
             .await?

@@ -31,8 +31,8 @@ use crate::store::{SecretRow, Store, StoreError};
 pub const IDENTITY_ENV: &str = "AGENTSTEAD_AGE_IDENTITY";
 /// Maximum length of a secret key, in bytes.
 pub const MAX_KEY_LEN: usize = 256;
-/// Largest secret value, in bytes.
-pub const MAX_VALUE_LEN: usize = 64 * 1024;
+/// Largest secret value, in characters.
+pub const MAX_VALUE_CHARS: usize = 64 * 1024;
 /// Most secrets one agent may have.
 pub const MAX_SECRETS_PER_AGENT: i64 = 100;
 
@@ -77,10 +77,11 @@ pub fn validate_key(key: &str) -> Result<(), SecretError> {
 /// Checks a value without ever quoting it: UTF-8 (guaranteed by the JSON
 /// layer), no NUL byte, at most 64 KiB.
 pub fn validate_value(key: &str, value: &str) -> Result<(), SecretError> {
-    if value.len() > MAX_VALUE_LEN {
+    let length = value.chars().count();
+    if length > MAX_VALUE_CHARS {
         return Err(SecretError::InvalidValue {
             key: key.to_string(),
-            reason: format!("it has {} bytes; the maximum is {MAX_VALUE_LEN}", value.len()),
+            reason: format!("it has {length} characters; the maximum is {MAX_VALUE_CHARS}"),
         });
     }
     if value.contains('\0') {
@@ -320,9 +321,9 @@ mod tests {
         let error = validate_value("K", "sk-secret\0tail").unwrap_err().to_string();
         assert!(!error.contains("sk-secret"), "{error}");
         assert!(error.contains("`K`"), "{error}");
-        let long = "x".repeat(MAX_VALUE_LEN + 1);
+        let long = "x".repeat(MAX_VALUE_CHARS + 1);
         assert!(validate_value("K", &long).is_err());
-        assert!(validate_value("K", &"x".repeat(MAX_VALUE_LEN)).is_ok());
+        assert!(validate_value("K", &"é".repeat(MAX_VALUE_CHARS)).is_ok());
     }
 
     #[test]

@@ -32,11 +32,13 @@ pub struct Options {
     pub ports: u16,
     /// TOML tables appended to the generated config file.
     pub extra_config: String,
+    /// `AGENTSTEAD_LOG` of the server.
+    pub log_filter: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { call_timeout_ms: 3_000, memory_limit_mib: 64, reconcile_interval_secs: 1, search_path: Vec::new(), testkit: true, ports: 20, extra_config: String::new() }
+        Options { call_timeout_ms: 3_000, memory_limit_mib: 64, reconcile_interval_secs: 1, search_path: Vec::new(), testkit: true, ports: 20, extra_config: String::new(), log_filter: "info,agentstead=debug".into() }
     }
 }
 
@@ -44,6 +46,7 @@ pub struct Server {
     pub url: String,
     pub data_dir: tempfile::TempDir,
     config_path: PathBuf,
+    log_filter: String,
     child: Option<Child>,
     pub http: reqwest::Client,
 }
@@ -103,6 +106,7 @@ search_path = [{search_path}]
             url: format!("http://{listen}"),
             data_dir,
             config_path,
+            log_filter: options.log_filter,
             child: None,
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
         };
@@ -116,7 +120,7 @@ search_path = [{search_path}]
         let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&self.config_path)
-            .env("AGENTSTEAD_LOG", "info,agentstead=debug")
+            .env("AGENTSTEAD_LOG", &self.log_filter)
             .env_remove("AGENTSTEAD_DATA_DIR")
             .env_remove("AGENTSTEAD_LISTEN")
             .stdout(Stdio::null())
@@ -151,6 +155,10 @@ search_path = [{search_path}]
     /// Process id of the running server.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
     }
 
     pub fn log_path(&self) -> PathBuf {

@@ -57,11 +57,12 @@ impl AgentService {
     }
 
     async fn owned_backup(&self, user_id: &str, agent_id: &str, backup_id: &str) -> Result<BackupRow, AgentError> {
-        self.get(user_id, agent_id).await?;
         let not_found = || AgentError::Backup(BackupError::NotFound(backup_id.to_string()));
+        // Both ids are checked for shape before any query.
         if !ids::is_prefixed_id(backup_id, "bkp_", 12) {
             return Err(not_found());
         }
+        self.get(user_id, agent_id).await?;
         self.store.backup_of(user_id, agent_id, backup_id).await?.ok_or_else(not_found)
     }
 

@@ -110,6 +110,10 @@ impl AgentService {
     }
 
     pub async fn delete_secret(&self, user_id: &str, agent_id: &str, key: &str) -> Result<(), AgentError> {
+        // A key that could never have been stored is not found, without a query.
+        if crate::secrets::validate_key(key).is_err() {
+            return Err(AgentError::SecretNotFound { agent_id: agent_id.to_string(), key: key.chars().take(80).collect() });
+        }
         self.get(user_id, agent_id).await?;
         if !self.store.delete_secret(agent_id, key).await? {
             return Err(AgentError::SecretNotFound { agent_id: agent_id.to_string(), key: key.to_string() });

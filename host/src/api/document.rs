@@ -12,12 +12,13 @@
 use std::sync::Arc;
 
 use poem::endpoint::make_sync;
-use poem::http::Method;
+use poem::http::{Method, StatusCode};
 use poem::web::Html;
 use poem::{Endpoint, IntoResponse, Request, Response};
 use serde_json::{Map, Value, json};
 
 use super::ApiError;
+use super::error::error_response;
 
 /// Produces the published document on each request, so that it lists the
 /// agent types of the plugins loaded now.
@@ -53,17 +54,32 @@ pub fn swagger_ui(page: &str, generated: &str, published: Published) -> impl End
     })
 }
 
-/// Middleware: rejects a JSON body that does not fit its operation's schema
-/// with 400 before any handler runs.
-pub async fn check_body<E: Endpoint>(next: E, mut request: Request, document: Arc<ApiDocument>) -> poem::Result<Response> {
-    if matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH) {
+/// Middleware that holds requests to the document: a JSON body that does
+/// not fit its operation's schema gets 400 before any handler runs, and a
+/// method the path does not have gets 405 with `Allow`.
+pub async fn check_request<E: Endpoint>(next: E, mut request: Request, document: Arc<ApiDocument>) -> poem::Result<Response> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    if matches!(method, Method::POST | Method::PUT | Method::PATCH) {
         let body = request.take_body().into_bytes().await?;
-        if let Err(BodyError(message)) = document.check_body(request.method(), request.uri().path(), &body) {
+        if let Err(BodyError(message)) = document.check_body(&method, &path, &body) {
             return Ok(ApiError::bad_request("invalid_request", message).into_response());
         }
         request.set_body(body);
     }
-    Ok(next.call(request).await?.into_response())
+    match next.call(request).await {
+        Err(error) if error.status() == StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = document.allowed_methods(&path);
+            let list = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+            let message = format!("{method} is not allowed on {path}; use {list}");
+            let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &message);
+            if let Ok(value) = list.parse() {
+                response.headers_mut().insert(poem::http::header::ALLOW, value);
+            }
+            Ok(response)
+        }
+        other => Ok(other?.into_response()),
+    }
 }
 
 /// Longest error message built from a validation failure, in characters.
@@ -73,6 +89,25 @@ const MAX_MESSAGE_CHARS: usize = 400;
 pub struct ApiDocument {
     base: Value,
     bodies: Vec<BodyRule>,
+    /// Every path of the document with its methods, for the `Allow` header.
+    routes: Vec<(Vec<Option<String>>, Vec<Method>)>,
+}
+
+/// Human-readable labels: schema, property and most characters. Their
+/// rule, [`crate::ids::check_label`], becomes a pattern in the document.
+const LABELS: [(&str, &str, usize); 4] = [
+    ("DeployRequest", "name", 64),
+    ("CreateScheduleRequest", "name", 100),
+    ("UpdateScheduleRequest", "name", 100),
+    ("CreateTokenRequest", "name", 100),
+];
+
+fn segments(path: &str) -> Vec<Option<String>> {
+    path.split('/').map(|segment| (!segment.starts_with('{')).then(|| segment.to_string())).collect()
+}
+
+fn matches(template: &[Option<String>], path: &[&str]) -> bool {
+    template.len() == path.len() && template.iter().zip(path).all(|(want, got)| want.as_deref().is_none_or(|want| want == *got))
 }
 
 struct BodyRule {
@@ -93,10 +128,24 @@ impl ApiDocument {
     pub fn new(generated: &str) -> ApiDocument {
         let mut base: Value = serde_json::from_str(generated).expect("poem-openapi generates valid JSON");
         merge_annotation_members(&mut base);
+        for (schema, property, max) in LABELS {
+            if base["components"]["schemas"][schema].is_null() {
+                continue;
+            }
+            let field = &mut base["components"]["schemas"][schema]["properties"][property];
+            assert!(field.is_object(), "the document has no property {schema}.{property}");
+            field["minLength"] = json!(1);
+            field["maxLength"] = json!(max);
+            field["pattern"] = json!(crate::ids::LABEL_PATTERN);
+        }
+        let mut routes = Vec::new();
         let mut rules = Vec::new();
         let mut closed = Vec::new();
         for (path, methods) in base["paths"].as_object().cloned().unwrap_or_default() {
-            for (method, operation) in methods.as_object().cloned().unwrap_or_default() {
+            let methods = methods.as_object().cloned().unwrap_or_default();
+            let allowed = methods.keys().filter_map(|method| method.to_uppercase().parse().ok()).collect();
+            routes.push((segments(&path), allowed));
+            for (method, operation) in methods {
                 let body = &operation["requestBody"];
                 let Some(reference) = json_media(&body["content"])["schema"]["$ref"].as_str() else { continue };
                 let schema_name = reference.rsplit('/').next().unwrap_or_default().to_string();
@@ -120,17 +169,32 @@ impl ApiDocument {
                 let validator = jsonschema::draft7::new(&root).expect("the generated schemas are valid JSON Schema");
                 BodyRule {
                     method: method.to_uppercase().parse().expect("an HTTP method"),
-                    segments: path
-                        .split('/')
-                        .map(|segment| (!segment.starts_with('{')).then(|| segment.to_string()))
-                        .collect(),
+                    segments: segments(&path),
                     schema_name,
                     required,
                     validator,
                 }
             })
             .collect();
-        ApiDocument { base, bodies }
+        ApiDocument { base, bodies, routes }
+    }
+
+    /// The methods the document has for `path`, for an `Allow` header.
+    pub fn allowed_methods(&self, path: &str) -> Vec<Method> {
+        let path: Vec<&str> = path.split('/').collect();
+        // As in routing, a literal segment beats a parameter:
+        // `/api/agents/deploy` is not `/api/agents/{id}`.
+        let literals = |template: &[Option<String>]| template.iter().filter(|segment| segment.is_some()).count();
+        let candidates: Vec<_> = self.routes.iter().filter(|(template, _)| matches(template, &path)).collect();
+        let most_specific = candidates.iter().map(|(template, _)| literals(template)).max().unwrap_or(0);
+        let mut allowed: Vec<Method> = candidates
+            .into_iter()
+            .filter(|(template, _)| literals(template) == most_specific)
+            .flat_map(|(_, methods)| methods.clone())
+            .collect();
+        allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        allowed.dedup();
+        allowed
     }
 
     /// The document with the agent types and regions of this server filled in.
@@ -147,12 +211,8 @@ impl ApiDocument {
     /// Checks the body of a request to `method path` against the schema of
     /// its operation. Requests to other paths pass unchecked.
     pub fn check_body(&self, method: &Method, path: &str, body: &[u8]) -> Result<(), BodyError> {
-        let segments: Vec<&str> = path.split('/').collect();
-        let Some(rule) = self.bodies.iter().find(|rule| {
-            rule.method == method
-                && rule.segments.len() == segments.len()
-                && rule.segments.iter().zip(&segments).all(|(want, got)| want.as_deref().is_none_or(|want| want == *got))
-        }) else {
+        let path: Vec<&str> = path.split('/').collect();
+        let Some(rule) = self.bodies.iter().find(|rule| rule.method == method && matches(&rule.segments, &path)) else {
             return Ok(());
         };
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -320,6 +380,22 @@ mod tests {
         assert!(message.contains("not valid JSON"), "{message}");
         let BodyError(message) = check("").unwrap_err();
         assert!(message.contains("empty"), "{message}");
+    }
+
+    #[test]
+    fn allow_lists_the_most_specific_path() {
+        let spec = json!({
+            "openapi": "3.0.0",
+            "paths": {
+                "/api/things/{id}": {"get": {}, "delete": {}},
+                "/api/things/new": {"post": {}},
+            },
+            "components": {"schemas": {}},
+        });
+        let document = ApiDocument::new(&spec.to_string());
+        assert_eq!(document.allowed_methods("/api/things/new"), vec![Method::POST]);
+        assert_eq!(document.allowed_methods("/api/things/abc"), vec![Method::DELETE, Method::GET]);
+        assert!(document.allowed_methods("/elsewhere").is_empty());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use poem::http::StatusCode;
 use poem_openapi::payload::Json;
+use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, Object};
 
 use crate::agents::{AgentError, BackupError};
@@ -43,15 +44,13 @@ pub enum ApiError {
     /// No such resource in the caller's account.
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
-    /// The resource is busy with another operation, or already exists.
+    /// The resource is busy with another operation, or a quota (backup
+    /// bytes, secrets per agent) is used up; the message names what to free.
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
     /// The request body is larger than the server accepts.
     #[oai(status = 413)]
     PayloadTooLarge(Json<ErrorBody>),
-    /// The account's backup quota is exceeded; the message names backups to delete.
-    #[oai(status = 507)]
-    InsufficientStorage(Json<ErrorBody>),
     /// An unexpected server error; the server log has the details.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
@@ -109,6 +108,14 @@ impl ApiError {
     }
 }
 
+/// An error response for a status the API's operations never return, such
+/// as 405, in the same JSON shape.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> poem::Response {
+    let body = serde_json::to_string(&ErrorBody { code: code.into(), message: message.into() }.to_json())
+        .unwrap_or_default();
+    poem::Response::builder().status(status).content_type("application/json; charset=utf-8").body(body)
+}
+
 impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> Self {
         let message = error.to_string();
@@ -137,7 +144,7 @@ impl From<AgentError> for ApiError {
             AgentError::InvalidPlan(_) | AgentError::Startup(_) => ApiError::BadGateway(body("plugin_failed", message)),
             AgentError::Plugin(plugin) => plugin.into(),
             AgentError::ReservedSecret { .. } => ApiError::bad_request("reserved_secret_key", message),
-            AgentError::TooManySecrets { .. } => ApiError::bad_request("too_many_secrets", message),
+            AgentError::TooManySecrets { .. } => ApiError::conflict("too_many_secrets", message),
             AgentError::SecretNotFound { .. } => ApiError::not_found(message),
             AgentError::Secret(SecretError::InvalidKey { .. }) => ApiError::bad_request("invalid_secret_key", message),
             AgentError::Secret(SecretError::InvalidValue { .. }) => ApiError::bad_request("invalid_secret_value", message),
@@ -147,7 +154,7 @@ impl From<AgentError> for ApiError {
             }
             AgentError::Secret(_) => ApiError::internal(&error),
             AgentError::Backup(BackupError::NotFound(_)) => ApiError::not_found(message),
-            AgentError::Backup(BackupError::Quota { .. }) => ApiError::InsufficientStorage(body("quota_exceeded", message)),
+            AgentError::Backup(BackupError::Quota { .. }) => ApiError::conflict("quota_exceeded", message),
             AgentError::Backup(BackupError::Rejected(_)) => ApiError::bad_request("archive_rejected", message),
             AgentError::Backup(BackupError::BadLink) => ApiError::Forbidden(body("invalid_download_link", message)),
             AgentError::Backup(BackupError::Storage(_)) => {

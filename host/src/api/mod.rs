@@ -23,7 +23,7 @@ use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::auth::{ApiKey, Bearer};
 use poem_openapi::{OpenApiService, SecurityScheme, Tags};
 
-pub use document::{ApiDocument, BodyError, DocumentFormat, Published, check_body, document_endpoint, swagger_ui};
+pub use document::{ApiDocument, BodyError, DocumentFormat, Published, check_request, document_endpoint, swagger_ui};
 pub use error::{ApiError, ErrorBody};
 pub use timestamp::Timestamp;
 

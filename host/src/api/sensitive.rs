@@ -24,6 +24,14 @@ impl fmt::Debug for Sensitive {
     }
 }
 
+/// Lets poem-openapi's length and pattern validators read the value; their
+/// messages never quote it.
+impl AsRef<str> for Sensitive {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Type for Sensitive {
     const IS_REQUIRED: bool = true;
     type RawValueType = Self;

@@ -141,10 +141,8 @@ impl TokensApi {
     ) -> Result<CreateTokenResponse, ApiError> {
         let caller = self.state.authenticate_any(&credentials, request).await?;
         caller.require_session()?;
-        let name = body.name.trim();
-        if name.is_empty() || name.chars().any(char::is_control) {
-            return Err(ApiError::bad_request("invalid_name", format!("token name {:?} must be printable and not blank", body.name)));
-        }
+        let name = body.name.as_str();
+        ids::check_label(name, 100).map_err(|reason| ApiError::bad_request("invalid_name", format!("invalid token name: {reason}")))?;
         if let Some(expires_at) = body.expires_at {
             if expires_at.as_ms() <= now_ms() {
                 return Err(ApiError::bad_request(
