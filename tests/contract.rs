@@ -1,5 +1,5 @@
-//! The generated OpenAPI document against the public API reference, and the
-//! API driven by tools nobody on the team wrote: schemathesis, a client that
+//! Compares the generated OpenAPI document with the public API reference,
+//! and drives the API with third-party tools: schemathesis, a client that
 //! openapi-python-client generates, and Swagger UI in headless Chromium.
 
 mod common;

@@ -327,10 +327,29 @@ async fn limit_body<E: Endpoint>(next: E, mut request: Request, limit: usize) ->
         }
         Some(_) => {}
         None if request.headers().contains_key(poem::http::header::TRANSFER_ENCODING) => {
-            match request.take_body().into_bytes_limit(limit).await {
-                Ok(bytes) => request.set_body(Body::from_bytes(bytes)),
-                Err(_) => return too_large(),
+            use futures::StreamExt;
+            // A chunked body is read up to the limit. Beyond it, up to
+            // DRAIN_EXTRA_BYTES more are read and dropped, as above.
+            let mut stream = request.take_body().into_bytes_stream();
+            let mut body = Vec::new();
+            let mut seen = 0;
+            while let Some(chunk) = stream.next().await {
+                let Ok(chunk) = chunk else {
+                    let message = "the request body ended early or was malformed; send it again";
+                    return Ok(ApiError::bad_request("invalid_request", message).into_response());
+                };
+                seen += chunk.len();
+                if seen > limit + DRAIN_EXTRA_BYTES {
+                    break;
+                }
+                if seen <= limit {
+                    body.extend_from_slice(&chunk);
+                }
             }
+            if seen > limit {
+                return too_large();
+            }
+            request.set_body(Body::from_bytes(body.into()));
         }
         None => {}
     }

@@ -49,7 +49,8 @@ macro_rules! label_edge_excluded {
 
 /// Checks a human-readable label (an agent, schedule or token name): 1 to
 /// `max` characters, no control characters, no leading or trailing
-/// whitespace. [`LABEL_PATTERN`] says the same in the OpenAPI document.
+/// whitespace. [`LABEL_PATTERN`] expresses the same rule in the OpenAPI
+/// document.
 pub fn check_label(label: &str, max: usize) -> Result<(), String> {
     let length = label.chars().count();
     if length == 0 || length > max {

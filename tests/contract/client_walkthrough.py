@@ -32,7 +32,7 @@ def main() -> None:
     request = DeployRequest(agent_type=DeployRequestAgentType.TESTKIT, region=DeployRequestRegion.EU, name="from-python")
     deployed = deploy_agent.sync_detailed(client=client, body=request, wait=True)
     if deployed.status_code != 201 or not isinstance(deployed.parsed, Agent):
-        raise SystemExit(f"deploy answered {deployed.status_code}: {deployed.content!r}")
+        raise SystemExit(f"deploy returned {deployed.status_code}: {deployed.content!r}")
     agent = deployed.parsed
     if agent.status != AgentStatusName.ONLINE:
         raise SystemExit(f"agent {agent.id} is {agent.status}, not ONLINE")
