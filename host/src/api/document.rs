@@ -258,6 +258,10 @@ fn describe(error: &jsonschema::ValidationError<'_>) -> String {
             format!("{at} has unknown field {names}; remove it")
         }
         Kind::Type { kind } => format!("{at} must be of type {}", type_names(kind)),
+        Kind::Pattern { pattern } if pattern == crate::ids::LABEL_PATTERN => {
+            format!("{at} must not contain control characters or start or end with whitespace")
+        }
+        Kind::Pattern { pattern } => format!("{at} must match {pattern}"),
         Kind::Enum { options } => format!("{at} must be one of {options}"),
         _ => format!("{at}: {}", error.masked_with("the value")),
     }
