@@ -171,8 +171,8 @@ async fn malformed_bodies_get_400_in_the_error_shape() {
         (json!({"agentType": "openclaw"}), "field `region` is required"),
         (json!({"agentType": "openclaw", "region": "eu", "colour": "blue"}), "unknown field `colour`"),
         (json!({"agentType": 7, "region": "eu"}), "field `agentType` must be of type string"),
-        (json!({"agentType": "openclaw", "region": "eu", "name": ""}), "field `name`"),
-        (json!({"agentType": "openclaw", "region": "eu", "name": " padded"}), "field `name`"),
+        (json!({"agentType": "openclaw", "region": "eu", "name": ""}), "field `name` must not be empty"),
+        (json!({"agentType": "openclaw", "region": "eu", "name": " padded"}), "field `name` must be a label without control characters"),
         (json!({"agentType": "openclaw", "region": ["eu"]}), "field `region` must be of type string"),
         (json!(["openclaw", "eu"]), "the body must be of type object"),
     ];
@@ -182,6 +182,28 @@ async fn malformed_bodies_get_400_in_the_error_shape() {
         assert_error_shape(&answer, "invalid_request");
         assert!(answer["message"].as_str().unwrap().contains(named), "{body}: {answer}");
     }
+    let response = server
+        .http
+        .post(format!("{}/api/agents/deploy", server.url))
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body(r#"{"agentType": "openclaw", "region": "eu"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = split(response).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("Content-Type: application/json"), "{answer}");
+    for query in ["tail=0", "tail=-1", "tail=abc", "tail=99999"] {
+        let (status, answer) = server.get(&token, &format!("/api/agents/oc-a1b2c3/logs?{query}")).await;
+        assert_eq!(status, 400, "{query}: {answer}");
+        assert_error_shape(&answer, "invalid_request");
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains("parameter `tail` is invalid: it must be an integer from 1 to 10000"), "{query}: {message}");
+    }
+    let (status, answer) = server.post(&token, "/api/agents/oc-a1b2c3/start?wait=maybe", json!(null)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("`wait` is invalid: it must be `true` or `false`"), "{answer}");
     let (status, answer) = server.post(&token, "/api/user/tokens", json!({"name": "ci", "scopes": ["admin"]})).await;
     assert_eq!(status, 400, "{answer}");
     assert!(answer["message"].as_str().unwrap().contains("field `scopes.0` must be one of"), "{answer}");
@@ -216,7 +238,7 @@ async fn oversized_body_gets_413() {
 }
 
 #[tokio::test]
-async fn configured_body_limit_applies_with_and_without_a_length() {
+async fn body_limit_applies_to_chunked_bodies() {
     let options = common::Options { extra_config: String::new(), ..common::Options::default() };
     let mut server = Server::start_with(options).await;
     server.kill();
@@ -250,8 +272,9 @@ async fn configured_body_limit_applies_with_and_without_a_length() {
     let mut reply = String::new();
     stream.read_to_string(&mut reply).await.unwrap();
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
-    assert!(reply.contains("payload_too_large") && reply.contains("max_body_kib"), "{reply}");
-    // Under the limit the same route works, and nothing was created before.
+    assert!(reply.contains("payload_too_large"), "{reply}");
+    assert!(reply.contains("max_body_kib"), "{reply}");
+    // Neither oversized request created an agent, and a small body works.
     let (status, agents) = server.get(&token, "/api/agents").await;
     assert_eq!(status, 200);
     assert_eq!(agents["agents"], json!([]));
@@ -264,10 +287,12 @@ async fn undocumented_methods_get_405_with_allow() {
     let server = Server::start().await;
     let token = server.user_with_token("ops@example.com");
     let cases = [
-        ("TRACE", "/api/agents", "GET"),
+        ("TRACE", "/api/agents", "GET, HEAD"),
         ("OPTIONS", "/api/agents/deploy", "POST"),
-        ("PUT", "/api/agents/oc-a1b2c3", "DELETE, GET"),
-        ("PATCH", "/api/user/tokens", "GET, POST"),
+        ("PUT", "/api/agents/oc-a1b2c3", "DELETE, GET, HEAD"),
+        ("PATCH", "/api/user/tokens", "GET, HEAD, POST"),
+        ("PUT", "/openapi.json", "GET, HEAD"),
+        ("DELETE", "/docs", "GET, HEAD"),
     ];
     for (method, path, allow) in cases {
         let request = server.http.request(method.parse().unwrap(), format!("{}{path}", server.url)).bearer_auth(&token);

@@ -9,8 +9,9 @@ mod reference;
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
 
+use agentstead::api::{json_media, json_schema as to_json_schema};
 use common::{Server, split};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 async fn fetch_spec(server: &Server) -> Value {
     let (status, spec) = split(server.http.get(format!("{}/openapi.json", server.url)).send().await.unwrap()).await;
@@ -28,32 +29,6 @@ fn resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
             resolve(spec, target)
         }
         None => schema,
-    }
-}
-
-/// Rewrites OpenAPI 3.0's `nullable` into JSON Schema, which a standard
-/// validator understands.
-fn to_json_schema(schema: &Value) -> Value {
-    match schema {
-        Value::Object(object) => {
-            let mut converted: Map<String, Value> =
-                object.iter().filter(|(key, _)| *key != "nullable").map(|(key, value)| (key.clone(), to_json_schema(value))).collect();
-            if object.get("nullable") != Some(&Value::Bool(true)) {
-                return Value::Object(converted);
-            }
-            match converted.get("type").cloned() {
-                Some(Value::String(json_type)) => {
-                    converted.insert("type".into(), json!([json_type, "null"]));
-                    if let Some(Value::Array(values)) = converted.get_mut("enum") {
-                        values.push(Value::Null);
-                    }
-                    Value::Object(converted)
-                }
-                _ => json!({"anyOf": [Value::Object(converted), {"type": "null"}]}),
-            }
-        }
-        Value::Array(items) => Value::Array(items.iter().map(to_json_schema).collect()),
-        other => other.clone(),
     }
 }
 
@@ -98,14 +73,6 @@ fn compare_fields(spec: &Value, schema: &Value, example: &Value, at: &str, fault
         }
         _ => {}
     }
-}
-
-/// The JSON entry of a `content` map; its key may carry `; charset=utf-8`.
-fn json_media(content: &Value) -> &Value {
-    content
-        .as_object()
-        .and_then(|media| media.iter().find(|(key, _)| key.starts_with("application/json")).map(|(_, value)| value))
-        .unwrap_or(&Value::Null)
 }
 
 /// The schema of the JSON body of `operation`'s success response.
@@ -217,7 +184,7 @@ fn contract_tool(path: Option<std::path::PathBuf>, what: &str) -> Option<std::pa
     if let Some(path) = path.filter(|path| path.exists()) {
         return Some(path);
     }
-    let message = format!("{what} is not installed; .ci/run shows how to install it");
+    let message = format!("{what} is not installed; the README's \"The API contract\" section shows how to install it");
     assert!(std::env::var("AGENTSTEAD_REQUIRE_CONTRACT_TOOLS").as_deref() != Ok("1"), "{message}");
     eprintln!("SKIPPED: {message}");
     None

@@ -129,8 +129,8 @@ async fn invalid_secrets_get_400_naming_the_key() {
     let cases: Vec<(Value, &str, &str)> = vec![
         // The document's schema rejects malformed keys and values before
         // the handler; the server's own rules add the reserved names.
-        (json!({"key": "1BAD", "value": value}), "invalid_request", "field `key` must match"),
-        (json!({"key": "BAD-NAME", "value": value}), "invalid_request", "field `key` must match"),
+        (json!({"key": "1BAD", "value": value}), "invalid_request", "field `key` must be an environment variable name"),
+        (json!({"key": "BAD-NAME", "value": value}), "invalid_request", "field `key` must be an environment variable name"),
         (json!({"key": "", "value": value}), "invalid_request", "field `key`"),
         (json!({"key": long_key, "value": value}), "invalid_request", "field `key`"),
         (json!({"key": "PATH", "value": value}), "reserved_secret_key", "PATH"),
@@ -138,7 +138,7 @@ async fn invalid_secrets_get_400_naming_the_key() {
         (json!({"key": "LD_PRELOAD", "value": value}), "reserved_secret_key", "LD_PRELOAD"),
         (json!({"key": "TESTKIT_AGENT", "value": value}), "reserved_secret_key", "driver sets it"),
         (json!({"key": "TESTKIT_TOKEN", "value": value}), "reserved_secret_key", "generates it"),
-        (json!({"key": "NUL_VALUE", "value": format!("{value}\u{0}x")}), "invalid_request", "field `value`"),
+        (json!({"key": "NUL_VALUE", "value": format!("{value}\u{0}x")}), "invalid_request", "field `value` must be text without NUL"),
         (json!({"key": "HUGE", "value": "x".repeat(64 * 1024 + 1)}), "invalid_request", "field `value`"),
         (json!({"key": "LIST", "value": [value]}), "invalid_request", "string"),
     ];

@@ -209,7 +209,7 @@ impl App {
     }
 
     /// Builds the complete HTTP application: the API, its OpenAPI documents and Swagger UI.
-    pub fn router(&self, server_url: &str) -> impl Endpoint + 'static {
+    pub fn router(&self) -> impl Endpoint + 'static {
         let state = Arc::new(ApiState {
             auth: Arc::clone(&self.auth),
             agents: Arc::clone(&self.agents),
@@ -218,7 +218,7 @@ impl App {
             download_base_url: self.config.backups.download_base_url.clone(),
         });
         let max_body = self.config.max_body_kib as usize * 1024;
-        let service = api::service(state, server_url);
+        let service = api::service(state);
         let generated = service.spec();
         let document = Arc::new(api::ApiDocument::new(&generated));
         let published: Arc<dyn Fn() -> serde_json::Value + Send + Sync> = {
@@ -229,10 +229,10 @@ impl App {
         };
         let page = service.swagger_ui_html();
         Route::new()
-            .at("/openapi.json", api::document_endpoint(Arc::clone(&published), api::DocumentFormat::Json))
-            .at("/openapi.yaml", api::document_endpoint(Arc::clone(&published), api::DocumentFormat::Yaml))
-            .at("/docs", api::swagger_ui(&page, &generated, Arc::clone(&published)))
-            .at("/docs/", api::swagger_ui(&page, &generated, published))
+            .at("/openapi.json", poem::get(api::document_endpoint(Arc::clone(&published), api::DocumentFormat::Json)))
+            .at("/openapi.yaml", poem::get(api::document_endpoint(Arc::clone(&published), api::DocumentFormat::Yaml)))
+            .at("/docs", poem::get(api::swagger_ui(&page, &generated, Arc::clone(&published))))
+            .at("/docs/", poem::get(api::swagger_ui(&page, &generated, published)))
             .nest("/", service)
             .around(move |next, request| api::check_request(next, request, Arc::clone(&document)))
             .around(move |next, request| limit_body(next, request, max_body))
@@ -255,7 +255,7 @@ impl App {
         self.spawn_background(shutdown_rx);
 
         tracing::info!(address = %local, data_dir = %self.config.data_dir.display(), "AgentStead listening; API docs at http://{local}/docs");
-        let router = self.router(&format!("http://{local}"));
+        let router = self.router();
         let result = Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(router, shutdown_signal(), Some(SHUTDOWN_GRACE))
             .await;

@@ -43,7 +43,7 @@ pub enum AuthError {
     InsufficientScope { required: Scope, granted: String },
     #[error("this operation needs a logged-in session; personal access tokens cannot create or revoke tokens")]
     SessionRequired,
-    #[error("cross-site request rejected: a cookie-authenticated write must come from the same origin")]
+    #[error("cross-site request rejected: a cookie-authenticated request must come from the same origin; scripts use a token")]
     CrossSite,
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -33,6 +33,10 @@ pub const IDENTITY_ENV: &str = "AGENTSTEAD_AGE_IDENTITY";
 pub const MAX_KEY_LEN: usize = 256;
 /// Largest secret value, in characters.
 pub const MAX_VALUE_CHARS: usize = 64 * 1024;
+/// The JSON Schema pattern of a secret key, as [`validate_key`] checks it.
+pub const KEY_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
+/// The JSON Schema pattern of a secret value: no NUL, as [`validate_value`] checks.
+pub const VALUE_PATTERN: &str = "^[^\\x00]*$";
 /// Most secrets one agent may have.
 pub const MAX_SECRETS_PER_AGENT: i64 = 100;
 

@@ -1,10 +1,11 @@
 //! The OpenAPI document as the server publishes it, and the check of every
 //! JSON request body against the document's schema for it.
 //!
-//! poem-openapi generates the document from the handlers. Two things it
-//! cannot know are added here: request bodies reject unknown fields
-//! (`additionalProperties: false`), and the agent types and regions this
-//! server accepts, which come from the loaded plugins and the configuration.
+//! poem-openapi generates the document from the handlers. What it cannot
+//! know is added here: request bodies reject unknown fields
+//! (`additionalProperties: false`), string rules the server enforces in
+//! code become patterns, and the agent types and regions this server
+//! accepts come from the loaded plugins and the configuration.
 //! Bodies are validated against the document before a handler runs, so a
 //! malformed body gets a 400 that names the field, the same way for every
 //! operation.
@@ -17,8 +18,11 @@ use poem::web::Html;
 use poem::{Endpoint, IntoResponse, Request, Response};
 use serde_json::{Map, Value, json};
 
+use jsonschema::error::ValidationErrorKind as Kind;
+
 use super::ApiError;
 use super::error::error_response;
+use crate::{ids, secrets};
 
 /// Produces the published document on each request, so that it lists the
 /// agent types of the plugins loaded now.
@@ -54,9 +58,9 @@ pub fn swagger_ui(page: &str, generated: &str, published: Published) -> impl End
     })
 }
 
-/// Middleware that holds requests to the document: a JSON body that does
-/// not fit its operation's schema gets 400 before any handler runs, and a
-/// method the path does not have gets 405 with `Allow`.
+/// Middleware that checks requests against the document. A JSON body that
+/// does not fit its operation's schema gets 400 before any handler runs, a
+/// bad parameter gets 400 naming it, and an unknown method gets 405 with `Allow`.
 pub async fn check_request<E: Endpoint>(next: E, mut request: Request, document: Arc<ApiDocument>) -> poem::Result<Response> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -68,6 +72,14 @@ pub async fn check_request<E: Endpoint>(next: E, mut request: Request, document:
         request.set_body(body);
     }
     match next.call(request).await {
+        Err(error) if error.downcast_ref::<poem_openapi::error::ParseParamError>().is_some() => {
+            let name = error.downcast_ref::<poem_openapi::error::ParseParamError>().map_or("", |parse| parse.name);
+            let message = match document.parameter_rule(&method, &path, name) {
+                Some(rule) => format!("parameter `{name}` is invalid: it must be {rule}"),
+                None => format!("parameter `{name}` is invalid: {error}"),
+            };
+            Ok(ApiError::bad_request("invalid_request", message).into_response())
+        }
         Err(error) if error.status() == StatusCode::METHOD_NOT_ALLOWED => {
             let allowed = document.allowed_methods(&path);
             let list = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
@@ -91,16 +103,47 @@ pub struct ApiDocument {
     bodies: Vec<BodyRule>,
     /// Every path of the document with its methods, for the `Allow` header.
     routes: Vec<(Vec<Option<String>>, Vec<Method>)>,
+    /// Method, path, name and schema of every parameter.
+    parameters: Vec<(Method, Vec<Option<String>>, String, Value)>,
 }
 
-/// Human-readable labels: schema, property and most characters. Their
-/// rule, [`crate::ids::check_label`], becomes a pattern in the document.
-const LABELS: [(&str, &str, usize); 4] = [
-    ("DeployRequest", "name", 64),
-    ("CreateScheduleRequest", "name", 100),
-    ("UpdateScheduleRequest", "name", 100),
-    ("CreateTokenRequest", "name", 100),
+/// A string property whose rule the server enforces in code, stated in
+/// the document as a pattern so that clients and fuzzers know it.
+struct Constraint {
+    schema: &'static str,
+    property: &'static str,
+    pattern: &'static str,
+    /// The rule in words, for error messages: "must be …".
+    rule: &'static str,
+    /// Most characters, when the pattern leaves the length open.
+    max_length: Option<usize>,
+}
+
+const LABEL_RULE: &str = "a label without control characters and without leading or trailing whitespace";
+
+const CONSTRAINTS: [Constraint; 6] = [
+    Constraint { schema: "DeployRequest", property: "name", pattern: ids::LABEL_PATTERN, rule: LABEL_RULE, max_length: Some(64) },
+    Constraint { schema: "CreateScheduleRequest", property: "name", pattern: ids::LABEL_PATTERN, rule: LABEL_RULE, max_length: Some(100) },
+    Constraint { schema: "UpdateScheduleRequest", property: "name", pattern: ids::LABEL_PATTERN, rule: LABEL_RULE, max_length: Some(100) },
+    Constraint { schema: "CreateTokenRequest", property: "name", pattern: ids::LABEL_PATTERN, rule: LABEL_RULE, max_length: Some(100) },
+    Constraint {
+        schema: "SetSecretRequest",
+        property: "key",
+        pattern: secrets::KEY_PATTERN,
+        rule: "an environment variable name: a letter or `_`, then letters, digits and `_`",
+        max_length: None,
+    },
+    Constraint {
+        schema: "SetSecretRequest",
+        property: "value",
+        pattern: secrets::VALUE_PATTERN,
+        rule: "text without NUL characters",
+        max_length: None,
+    },
 ];
+
+/// Routes outside the API, served for GET only.
+const PAGES: [&str; 4] = ["/openapi.json", "/openapi.yaml", "/docs", "/docs/"];
 
 fn segments(path: &str) -> Vec<Option<String>> {
     path.split('/').map(|segment| (!segment.starts_with('{')).then(|| segment.to_string())).collect()
@@ -128,17 +171,20 @@ impl ApiDocument {
     pub fn new(generated: &str) -> ApiDocument {
         let mut base: Value = serde_json::from_str(generated).expect("poem-openapi generates valid JSON");
         merge_annotation_members(&mut base);
-        for (schema, property, max) in LABELS {
-            if base["components"]["schemas"][schema].is_null() {
+        for constraint in &CONSTRAINTS {
+            if base["components"]["schemas"][constraint.schema].is_null() {
                 continue;
             }
-            let field = &mut base["components"]["schemas"][schema]["properties"][property];
-            assert!(field.is_object(), "the document has no property {schema}.{property}");
-            field["minLength"] = json!(1);
-            field["maxLength"] = json!(max);
-            field["pattern"] = json!(crate::ids::LABEL_PATTERN);
+            let field = &mut base["components"]["schemas"][constraint.schema]["properties"][constraint.property];
+            assert!(field.is_object(), "the document has no property {}.{}", constraint.schema, constraint.property);
+            field["pattern"] = json!(constraint.pattern);
+            if let Some(max) = constraint.max_length {
+                field["minLength"] = json!(1);
+                field["maxLength"] = json!(max);
+            }
         }
-        let mut routes = Vec::new();
+        let mut routes: Vec<(Vec<Option<String>>, Vec<Method>)> = PAGES.iter().map(|page| (segments(page), vec![Method::GET])).collect();
+        let mut parameters = Vec::new();
         let mut rules = Vec::new();
         let mut closed = Vec::new();
         for (path, methods) in base["paths"].as_object().cloned().unwrap_or_default() {
@@ -146,6 +192,11 @@ impl ApiDocument {
             let allowed = methods.keys().filter_map(|method| method.to_uppercase().parse().ok()).collect();
             routes.push((segments(&path), allowed));
             for (method, operation) in methods {
+                for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                    if let (Some(name), Ok(method)) = (parameter["name"].as_str(), method.to_uppercase().parse::<Method>()) {
+                        parameters.push((method, segments(&path), name.to_string(), parameter["schema"].clone()));
+                    }
+                }
                 let body = &operation["requestBody"];
                 let Some(reference) = json_media(&body["content"])["schema"]["$ref"].as_str() else { continue };
                 let schema_name = reference.rsplit('/').next().unwrap_or_default().to_string();
@@ -176,7 +227,7 @@ impl ApiDocument {
                 }
             })
             .collect();
-        ApiDocument { base, bodies, routes }
+        ApiDocument { base, bodies, routes, parameters }
     }
 
     /// The methods the document has for `path`, for an `Allow` header.
@@ -192,6 +243,10 @@ impl ApiDocument {
             .filter(|(template, _)| literals(template) == most_specific)
             .flat_map(|(_, methods)| methods.clone())
             .collect();
+        // The server answers HEAD wherever it answers GET.
+        if allowed.contains(&Method::GET) {
+            allowed.push(Method::HEAD);
+        }
         allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         allowed.dedup();
         allowed
@@ -206,6 +261,27 @@ impl ApiDocument {
             deploy["region"]["enum"] = json!(regions);
         }
         document
+    }
+
+    /// States what a parameter of `method path` accepts, from its schema:
+    /// "an integer from 1 to 10000".
+    pub fn parameter_rule(&self, method: &Method, path: &str, name: &str) -> Option<String> {
+        let path: Vec<&str> = path.split('/').collect();
+        let (_, _, _, schema) = self
+            .parameters
+            .iter()
+            .find(|(want, template, parameter, _)| want == method && parameter == name && matches(template, &path))?;
+        let rule = match schema["type"].as_str()? {
+            "boolean" => "`true` or `false`".to_string(),
+            // poem-openapi writes integer bounds as floats, such as `1.0`.
+            "integer" => match (schema["minimum"].as_f64().map(|min| min as i64), schema["maximum"].as_f64().map(|max| max as i64)) {
+                (Some(min), Some(max)) => format!("an integer from {min} to {max}"),
+                (Some(min), None) => format!("an integer of at least {min}"),
+                _ => "an integer".to_string(),
+            },
+            other => format!("a {other}"),
+        };
+        Some(rule)
     }
 
     /// Checks the body of a request to `method path` against the schema of
@@ -227,7 +303,16 @@ impl ApiDocument {
         let value: Value = serde_json::from_slice(body).map_err(|error| {
             BodyError(format!("the request body is not valid JSON ({error}); send a JSON object"))
         })?;
-        let mut problems: Vec<String> = rule.validator.iter_errors(&value).map(|error| describe(&error)).collect();
+        let errors: Vec<_> = rule.validator.iter_errors(&value).collect();
+        let too_short = |field: &jsonschema::paths::Location| {
+            errors.iter().any(|error| error.instance_path() == field && matches!(error.kind(), Kind::MinLength { .. }))
+        };
+        // An empty label also fails its pattern; the length says it better.
+        let mut problems: Vec<String> = errors
+            .iter()
+            .filter(|error| !(matches!(error.kind(), Kind::Pattern { .. }) && too_short(error.instance_path())))
+            .map(describe)
+            .collect();
         if problems.is_empty() {
             return Ok(());
         }
@@ -244,7 +329,6 @@ impl ApiDocument {
 /// Describes one validation failure by the field it concerns, without
 /// repeating the value sent, which may be a secret.
 fn describe(error: &jsonschema::ValidationError<'_>) -> String {
-    use jsonschema::error::ValidationErrorKind as Kind;
     let pointer = error.instance_path().to_string();
     let field = pointer.trim_start_matches('/').replace('/', ".");
     let at = if field.is_empty() { "the body".to_string() } else { format!("field `{field}`") };
@@ -258,10 +342,11 @@ fn describe(error: &jsonschema::ValidationError<'_>) -> String {
             format!("{at} has unknown field {names}; remove it")
         }
         Kind::Type { kind } => format!("{at} must be of type {}", type_names(kind)),
-        Kind::Pattern { pattern } if pattern == crate::ids::LABEL_PATTERN => {
-            format!("{at} must not contain control characters or start or end with whitespace")
-        }
-        Kind::Pattern { pattern } => format!("{at} must match {pattern}"),
+        Kind::Pattern { pattern } => match CONSTRAINTS.iter().find(|constraint| constraint.pattern == pattern) {
+            Some(constraint) => format!("{at} must be {}", constraint.rule),
+            None => format!("{at} must match {pattern}"),
+        },
+        Kind::MinLength { limit: 1 } => format!("{at} must not be empty"),
         Kind::Enum { options } => format!("{at} must be one of {options}"),
         _ => format!("{at}: {}", error.masked_with("the value")),
     }
@@ -305,7 +390,7 @@ fn merge_annotation_members(value: &mut Value) {
 
 /// The JSON entry of an OpenAPI `content` map, whose key may carry
 /// parameters such as `; charset=utf-8`.
-fn json_media(content: &Value) -> &Value {
+pub fn json_media(content: &Value) -> &Value {
     content
         .as_object()
         .and_then(|media| media.iter().find(|(key, _)| key.starts_with("application/json")).map(|(_, value)| value))
@@ -314,7 +399,7 @@ fn json_media(content: &Value) -> &Value {
 
 /// Rewrites OpenAPI 3.0 schemas into JSON Schema: `nullable: true` becomes
 /// a `null` alternative.
-fn json_schema(schema: &Value) -> Value {
+pub fn json_schema(schema: &Value) -> Value {
     match schema {
         Value::Object(object) => {
             let mut converted: Map<String, Value> =
@@ -398,8 +483,9 @@ mod tests {
         });
         let document = ApiDocument::new(&spec.to_string());
         assert_eq!(document.allowed_methods("/api/things/new"), vec![Method::POST]);
-        assert_eq!(document.allowed_methods("/api/things/abc"), vec![Method::DELETE, Method::GET]);
+        assert_eq!(document.allowed_methods("/api/things/abc"), vec![Method::DELETE, Method::GET, Method::HEAD]);
         assert!(document.allowed_methods("/elsewhere").is_empty());
+        assert_eq!(document.allowed_methods("/docs"), vec![Method::GET, Method::HEAD]);
     }
 
     #[test]

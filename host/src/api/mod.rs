@@ -23,7 +23,9 @@ use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::auth::{ApiKey, Bearer};
 use poem_openapi::{OpenApiService, SecurityScheme, Tags};
 
-pub use document::{ApiDocument, BodyError, DocumentFormat, Published, check_request, document_endpoint, swagger_ui};
+pub use document::{
+    ApiDocument, BodyError, DocumentFormat, Published, check_request, document_endpoint, json_media, json_schema, swagger_ui,
+};
 pub use error::{ApiError, ErrorBody};
 pub use timestamp::Timestamp;
 
@@ -119,7 +121,7 @@ fn check_same_origin(request: &Request) -> Result<(), AuthError> {
 }
 
 /// Builds the OpenAPI service with every operation of the API.
-pub fn service(state: Arc<ApiState>, server_url: &str) -> OpenApiService<impl poem_openapi::OpenApi, ()> {
+pub fn service(state: Arc<ApiState>) -> OpenApiService<impl poem_openapi::OpenApi, ()> {
     let apis = (
         agents::AgentsApi { state: Arc::clone(&state) },
         secrets::SecretsApi { state: Arc::clone(&state) },
@@ -137,7 +139,9 @@ pub fn service(state: Arc<ApiState>, server_url: &str) -> OpenApiService<impl po
              with a machine-readable `code` and a human-readable `message`. Operations, fields and \
              parameters marked **Extension** go beyond the public AgentStead API reference.",
         )
-        .server(server_url)
+        // Relative, so that the document is right behind a proxy and on any
+        // listen address: clients resolve it against where they fetched it.
+        .server("/")
 }
 
 /// Middleware that gives every error response the JSON error shape.
@@ -153,6 +157,9 @@ pub async fn json_errors<E: Endpoint>(next: E, request: Request) -> poem::Result
                 StatusCode::NOT_FOUND => format!("no route matches {method} {path}"),
                 StatusCode::METHOD_NOT_ALLOWED => format!("{method} is not allowed on {path}"),
                 StatusCode::PAYLOAD_TOO_LARGE => "the request body is too large".to_string(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                    format!("{method} {path} takes a JSON body; send it with `Content-Type: application/json`")
+                }
                 _ => error.to_string(),
             };
             if status.is_server_error() {

@@ -35,11 +35,11 @@ pub struct SetSecretRequest {
     /// An environment variable name: a letter or `_`, then letters, digits
     /// and `_`, at most 256 characters. `PATH`, `HOME`, `LD_*` and names the
     /// agent type sets are reserved.
-    #[oai(validator(min_length = 1, max_length = 256, pattern = "^[A-Za-z_][A-Za-z0-9_]*$"))]
+    #[oai(validator(min_length = 1, max_length = 256))]
     key: String,
     /// The value, at most 65536 characters, without NUL. Write-only: it is
     /// encrypted at rest and never returned.
-    #[oai(write_only, validator(max_length = 65536, pattern = "^[^\\x00]*$"))]
+    #[oai(write_only, validator(max_length = 65536))]
     value: Sensitive,
 }
 
