@@ -249,14 +249,19 @@ impl Browser {
         browser
     }
 
-    async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+    async fn try_command(&self, method: reqwest::Method, path: &str, body: &Value) -> (u16, Value) {
         let mut request = self.http.request(method.clone(), format!("{}{path}", self.base));
         if method != reqwest::Method::GET {
-            request = request.json(&body);
+            request = request.json(body);
         }
         let (status, reply) = split(request.send().await.unwrap()).await;
-        assert_eq!(status, 200, "WebDriver {method} {path} failed: {reply}");
-        reply["value"].clone()
+        (status, reply["value"].clone())
+    }
+
+    async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let (status, value) = self.try_command(method.clone(), path, &body).await;
+        assert_eq!(status, 200, "WebDriver {method} {path} failed: {value}");
+        value
     }
 
     async fn open(&self, url: &str) {
@@ -276,9 +281,19 @@ impl Browser {
         }
     }
 
+    /// Clicks the element, retrying for up to 10 s while an animation or
+    /// an overlay still covers it.
     async fn click(&self, xpath: &str) {
-        let element = self.find(xpath).await;
-        self.command(reqwest::Method::POST, &format!("/element/{element}/click"), json!({})).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let element = self.find(xpath).await;
+            let (status, value) = self.try_command(reqwest::Method::POST, &format!("/element/{element}/click"), &json!({})).await;
+            if status == 200 {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "clicking {xpath} failed: {value}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     async fn type_into(&self, xpath: &str, text: &str) {
