@@ -261,6 +261,20 @@ async fn plugin_list_shows_builtins_and_files() {
     let testkit = columns(row("agent-testkit"));
     assert_eq!(testkit[1], "agent");
     assert!(testkit[4].ends_with("agent-testkit.wasm"), "{testkit:?}");
+
+    // A broken file is listed with its reason; the others still are, and
+    // the command fails.
+    std::fs::write(server.data_dir.path().join("plugins").join("broken.wasm"), b"not a component").unwrap();
+    let output = server.cli(&["plugin", "list"], None);
+    assert!(!output.status.success(), "a broken plugin file must fail the listing");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.lines().any(|line| line.starts_with("agent-testkit")), "{text}");
+    assert!(text.lines().any(|line| line.starts_with("runtime-docker")), "{text}");
+    let broken = text.lines().find(|line| line.contains("broken.wasm")).unwrap_or_else(|| panic!("{text}"));
+    assert!(broken.contains("not loadable"), "{broken}");
+    assert!(broken.contains("WebAssembly"), "{broken}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("1 file(s) in the plugin directory cannot be loaded"), "{stderr}");
 }
 
 #[tokio::test]

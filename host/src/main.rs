@@ -192,18 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { command: TokenCommand::Create { email, name, scopes, expires_at } } => {
             create_token(&config, &email, &name, &scopes, expires_at.as_deref()).await
         }
-        Command::Plugin { command: PluginCommand::List } => {
-            config.validate()?;
-            let host = agentstead::app::load_plugins(&config, false).await?;
-            println!("{:<24} {:<8} {:<8} {:<6} {:<10} DESCRIPTION", "NAME", "KIND", "VERSION", "ABI", "SOURCE");
-            for plugin in host.list() {
-                let source = agentstead::plugins::source_label(&plugin.source);
-                let kind = agentstead::plugins::kind_name(plugin.info.kind);
-                let info = &plugin.info;
-                println!("{:<24} {kind:<8} {:<8} {:<6} {source:<10} {}", info.name, info.version, info.abi, info.description);
-            }
-            Ok(())
-        }
+        Command::Plugin { command: PluginCommand::List } => list_plugins(&config).await,
         Command::Plugin { command: PluginCommand::Inspect { file } } => {
             config.validate()?;
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -266,6 +255,45 @@ async fn create_user(config: &Config, email: &str) -> anyhow::Result<()> {
     let auth = AuthService::new(store, config.auth.session_ttl_hours)?;
     let id = auth.create_user(email, password).await?;
     tracing::info!(user_id = %id, email, "user created");
+    Ok(())
+}
+
+/// Prints every plugin the server would load. Each file of the plugin
+/// directory is tried on its own, so one that cannot load is listed with
+/// its reason instead of hiding the others; the command then fails.
+async fn list_plugins(config: &Config) -> anyhow::Result<()> {
+    config.validate()?;
+    let mut builtins_only = config.clone();
+    builtins_only.plugins.dir = None;
+    let host = agentstead::app::load_plugins(&builtins_only, false).await?;
+    let mut plugins: std::collections::BTreeMap<String, std::sync::Arc<agentstead::plugins::LoadedPlugin>> =
+        host.list().into_iter().map(|plugin| (plugin.info.name.clone(), plugin)).collect();
+    let mut broken = Vec::new();
+    if let Some(dir) = &config.plugins.dir {
+        let files = agentstead::plugins::read_plugin_dir(dir)?;
+        for (path, bytes) in files {
+            match host.inspect(&bytes, &path.display().to_string()).await.outcome {
+                // A file replaces the built-in of the same name, as at serve.
+                Ok(plugin) => {
+                    plugins.insert(plugin.info.name.clone(), std::sync::Arc::new(plugin));
+                }
+                Err(reason) => broken.push((path, reason)),
+            }
+        }
+    }
+    println!("{:<24} {:<8} {:<8} {:<6} {:<10} DESCRIPTION", "NAME", "KIND", "VERSION", "ABI", "SOURCE");
+    for plugin in plugins.values() {
+        let source = agentstead::plugins::source_label(&plugin.source);
+        let kind = agentstead::plugins::kind_name(plugin.info.kind);
+        let info = &plugin.info;
+        println!("{:<24} {kind:<8} {:<8} {:<6} {source:<10} {}", info.name, info.version, info.abi, info.description);
+    }
+    for (path, reason) in &broken {
+        println!("{:<24} not loadable: {reason}", path.display());
+    }
+    if !broken.is_empty() {
+        bail!("{} file(s) in the plugin directory cannot be loaded; `agentstead plugin inspect FILE` shows details", broken.len());
+    }
     Ok(())
 }
 

@@ -443,7 +443,7 @@ pub fn source_label(source: &PluginSource) -> String {
 }
 
 /// Reads every `*.wasm` file of `dir`, in name order.
-fn read_plugin_dir(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, PluginError> {
+pub fn read_plugin_dir(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, PluginError> {
     let load_error = |detail: String| PluginError::Load { source_name: dir.display().to_string(), detail };
     let entries = std::fs::read_dir(dir)
         .map_err(|error| load_error(format!("cannot read the plugin directory (plugins.dir): {error}")))?;
