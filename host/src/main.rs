@@ -259,8 +259,8 @@ async fn create_user(config: &Config, email: &str) -> anyhow::Result<()> {
 }
 
 /// Prints every plugin the server would load. Each file of the plugin
-/// directory is tried on its own, so one that cannot load is listed with
-/// its reason instead of hiding the others; the command then fails.
+/// directory is tried on its own, so a file that cannot load is listed
+/// with its reason and does not hide the others. The command then fails.
 async fn list_plugins(config: &Config) -> anyhow::Result<()> {
     config.validate()?;
     let mut builtins_only = config.clone();
@@ -268,6 +268,7 @@ async fn list_plugins(config: &Config) -> anyhow::Result<()> {
     let host = agentstead::app::load_plugins(&builtins_only, false).await?;
     let mut plugins: std::collections::BTreeMap<String, std::sync::Arc<agentstead::plugins::LoadedPlugin>> =
         host.list().into_iter().map(|plugin| (plugin.info.name.clone(), plugin)).collect();
+
     let mut broken = Vec::new();
     if let Some(dir) = &config.plugins.dir {
         let files = agentstead::plugins::read_plugin_dir(dir)?;
@@ -281,6 +282,7 @@ async fn list_plugins(config: &Config) -> anyhow::Result<()> {
             }
         }
     }
+
     println!("{:<24} {:<8} {:<8} {:<6} {:<10} DESCRIPTION", "NAME", "KIND", "VERSION", "ABI", "SOURCE");
     for plugin in plugins.values() {
         let source = agentstead::plugins::source_label(&plugin.source);
