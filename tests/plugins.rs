@@ -277,6 +277,31 @@ async fn plugin_list_shows_builtins_and_files() {
     assert!(stderr.contains("1 file(s) in the plugin directory cannot be loaded"), "{stderr}");
 }
 
+#[test]
+fn serve_with_a_broken_plugin_fails_before_creating_keys() {
+    let data = tempfile::tempdir().unwrap();
+    let plugins = data.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(plugins.join("broken.wasm"), b"not a component").unwrap();
+    let config = data.path().join("agentstead.toml");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    std::fs::write(&config, format!("listen = \"{listen}\"\ndata_dir = {:?}\n[plugins]\ndir = {:?}\n", data.path(), plugins)).unwrap();
+
+    let output = std::process::Command::new(common::BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("AGENTSTEAD_LOG", "warn")
+        .env_remove("AGENTSTEAD_DATA_DIR")
+        .env_remove("AGENTSTEAD_LISTEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "serve started with a broken plugin: {stderr}");
+    assert!(stderr.contains("broken.wasm"), "{stderr}");
+    assert!(!data.path().join("host.key").exists(), "a failed start created host.key");
+    assert!(!data.path().join("age.key").exists(), "a failed start created age.key");
+}
+
 #[tokio::test]
 async fn future_wit_version_is_rejected() {
     let dir = tempfile::tempdir().unwrap();

@@ -176,8 +176,9 @@ impl App {
         config.validate()?;
         let config = Arc::new(config);
         let store = open_store(&config).await?;
-        let host_key = Arc::new(HostKey::load_or_create(&config.data_dir.join("host.key"))?);
 
+        // Plugins load before any key is created, so that a server that
+        // cannot start leaves no new secret behind.
         let plugins = Arc::new(load_plugins(&config, true).await?);
         let loaded = plugins.by_name();
         check_plugin_references(&config, &loaded).map_err(anyhow::Error::msg)?;
@@ -193,6 +194,7 @@ impl App {
             }
         }
 
+        let host_key = Arc::new(HostKey::load_or_create(&config.data_dir.join("host.key"))?);
         let keyring = Arc::new(Keyring::open(config.key_source())?);
         let blobs = Arc::new(BlobStore::open(
             config.backups.store_url.as_deref(),
