@@ -763,7 +763,7 @@ fn with_install_hint(error: AgentError, driver: &LoadedPlugin) -> AgentError {
 }
 
 fn validate_name(name: &str) -> Result<(), AgentError> {
-    ids::check_label(name, 64).map_err(AgentError::InvalidName)
+    ids::check_label(name, ids::AGENT_NAME_MAX_CHARS).map_err(AgentError::InvalidName)
 }
 
 fn is_env_name(name: &str) -> bool {

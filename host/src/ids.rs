@@ -62,6 +62,11 @@ pub fn check_label(label: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Maximum length of an agent's name, in characters.
+pub const AGENT_NAME_MAX_CHARS: usize = 64;
+/// Maximum length of a schedule's or token's name, in characters.
+pub const LABEL_MAX_CHARS: usize = 100;
+
 /// The JSON Schema pattern of [`check_label`], without the length.
 pub const LABEL_PATTERN: &str =
     concat!("^[^", label_edge_excluded!(), "]([^", r"\x00-\x1f\x7f-\x9f", "]*[^", label_edge_excluded!(), "])?$");

@@ -130,7 +130,7 @@ pub fn next_run(expression: &str) -> Option<i64> {
 }
 
 fn validate_name(name: &str) -> Result<(), ScheduleError> {
-    ids::check_label(name, 100).map_err(ScheduleError::InvalidName)?;
+    ids::check_label(name, ids::LABEL_MAX_CHARS).map_err(ScheduleError::InvalidName)?;
     Ok(())
 }
 

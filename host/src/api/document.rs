@@ -71,30 +71,32 @@ pub async fn check_request<E: Endpoint>(next: E, mut request: Request, document:
         }
         request.set_body(body);
     }
-    match next.call(request).await {
-        Err(error) if error.downcast_ref::<poem_openapi::error::ParseParamError>().is_some() => {
-            let name = error.downcast_ref::<poem_openapi::error::ParseParamError>().map_or("", |parse| parse.name);
-            let message = match document.parameter_rule(&method, &path, name) {
-                Some(rule) => format!("parameter `{name}` is invalid: it must be {rule}"),
-                None => format!("parameter `{name}` is invalid: {error}"),
-            };
-            Ok(ApiError::bad_request("invalid_request", message).into_response())
-        }
-        Err(error) if error.status() == StatusCode::METHOD_NOT_ALLOWED => {
-            let allowed = document.allowed_methods(&path);
-            let list = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
-            let message = format!("{method} is not allowed on {path}; use {list}");
-            let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &message);
-            if let Ok(value) = list.parse() {
-                response.headers_mut().insert(poem::http::header::ALLOW, value);
-            }
-            Ok(response)
-        }
-        other => Ok(other?.into_response()),
+    let error = match next.call(request).await {
+        Ok(response) => return Ok(response.into_response()),
+        Err(error) => error,
+    };
+
+    if let Some(parse) = error.downcast_ref::<poem_openapi::error::ParseParamError>() {
+        let name = parse.name;
+        let message = match document.parameter_rule(&method, &path, name) {
+            Some(rule) => format!("parameter `{name}` is invalid: it must be {rule}"),
+            None => format!("parameter `{name}` is invalid: {error}"),
+        };
+        return Ok(ApiError::bad_request("invalid_request", message).into_response());
     }
+    if error.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let list = document.allowed_methods(&path).iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let message = format!("{method} is not allowed on {path}; use {list}");
+        let mut response = error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &message);
+        if let Ok(value) = list.parse() {
+            response.headers_mut().insert(poem::http::header::ALLOW, value);
+        }
+        return Ok(response);
+    }
+    Err(error)
 }
 
-/// Longest error message built from a validation failure, in characters.
+/// Maximum length of an error message built from validation failures, in characters.
 const MAX_MESSAGE_CHARS: usize = 400;
 
 /// The document and one compiled validator per operation with a JSON body.
@@ -115,17 +117,41 @@ struct Constraint {
     pattern: &'static str,
     /// The rule in words, for error messages: "must be …".
     rule: &'static str,
-    /// Most characters, when the pattern leaves the length open.
+    /// Maximum length in characters, when the pattern leaves the length open.
     max_length: Option<usize>,
 }
 
 const LABEL_RULE: &str = "a label without control characters and without leading or trailing whitespace";
 
 const CONSTRAINTS: [Constraint; 6] = [
-    Constraint { schema: "DeployRequest", property: "name", pattern: ids::LABEL_PATTERN, rule: LABEL_RULE, max_length: Some(64) },
-    Constraint { schema: "CreateScheduleRequest", property: "name", pattern: ids::LABEL_PATTERN, rule: LABEL_RULE, max_length: Some(100) },
-    Constraint { schema: "UpdateScheduleRequest", property: "name", pattern: ids::LABEL_PATTERN, rule: LABEL_RULE, max_length: Some(100) },
-    Constraint { schema: "CreateTokenRequest", property: "name", pattern: ids::LABEL_PATTERN, rule: LABEL_RULE, max_length: Some(100) },
+    Constraint {
+        schema: "DeployRequest",
+        property: "name",
+        pattern: ids::LABEL_PATTERN,
+        rule: LABEL_RULE,
+        max_length: Some(ids::AGENT_NAME_MAX_CHARS),
+    },
+    Constraint {
+        schema: "CreateScheduleRequest",
+        property: "name",
+        pattern: ids::LABEL_PATTERN,
+        rule: LABEL_RULE,
+        max_length: Some(ids::LABEL_MAX_CHARS),
+    },
+    Constraint {
+        schema: "UpdateScheduleRequest",
+        property: "name",
+        pattern: ids::LABEL_PATTERN,
+        rule: LABEL_RULE,
+        max_length: Some(ids::LABEL_MAX_CHARS),
+    },
+    Constraint {
+        schema: "CreateTokenRequest",
+        property: "name",
+        pattern: ids::LABEL_PATTERN,
+        rule: LABEL_RULE,
+        max_length: Some(ids::LABEL_MAX_CHARS),
+    },
     Constraint {
         schema: "SetSecretRequest",
         property: "key",
@@ -141,6 +167,22 @@ const CONSTRAINTS: [Constraint; 6] = [
         max_length: None,
     },
 ];
+
+/// Writes each constraint's pattern and length into its property.
+fn apply_constraints(base: &mut Value) {
+    for constraint in &CONSTRAINTS {
+        if base["components"]["schemas"][constraint.schema].is_null() {
+            continue;
+        }
+        let field = &mut base["components"]["schemas"][constraint.schema]["properties"][constraint.property];
+        assert!(field.is_object(), "the document has no property {}.{}", constraint.schema, constraint.property);
+        field["pattern"] = json!(constraint.pattern);
+        if let Some(max) = constraint.max_length {
+            field["minLength"] = json!(1);
+            field["maxLength"] = json!(max);
+        }
+    }
+}
 
 /// Routes outside the API, served for GET only.
 const PAGES: [&str; 4] = ["/openapi.json", "/openapi.yaml", "/docs", "/docs/"];
@@ -171,66 +213,53 @@ impl ApiDocument {
     pub fn new(generated: &str) -> ApiDocument {
         let mut base: Value = serde_json::from_str(generated).expect("poem-openapi generates valid JSON");
         merge_annotation_members(&mut base);
-        for constraint in &CONSTRAINTS {
-            if base["components"]["schemas"][constraint.schema].is_null() {
-                continue;
-            }
-            let field = &mut base["components"]["schemas"][constraint.schema]["properties"][constraint.property];
-            assert!(field.is_object(), "the document has no property {}.{}", constraint.schema, constraint.property);
-            field["pattern"] = json!(constraint.pattern);
-            if let Some(max) = constraint.max_length {
-                field["minLength"] = json!(1);
-                field["maxLength"] = json!(max);
-            }
-        }
+        apply_constraints(&mut base);
+
         let mut routes: Vec<(Vec<Option<String>>, Vec<Method>)> = PAGES.iter().map(|page| (segments(page), vec![Method::GET])).collect();
         let mut parameters = Vec::new();
-        let mut rules = Vec::new();
-        let mut closed = Vec::new();
+        // Method, path, schema name and whether the body is required.
+        let mut body_refs = Vec::new();
         for (path, methods) in base["paths"].as_object().cloned().unwrap_or_default() {
-            let methods = methods.as_object().cloned().unwrap_or_default();
-            let allowed = methods.keys().filter_map(|method| method.to_uppercase().parse().ok()).collect();
-            routes.push((segments(&path), allowed));
-            for (method, operation) in methods {
+            let path_segments = segments(&path);
+            let mut allowed = Vec::new();
+            for (method, operation) in methods.as_object().cloned().unwrap_or_default() {
+                let Ok(method) = method.to_uppercase().parse::<Method>() else { continue };
+                allowed.push(method.clone());
                 for parameter in operation["parameters"].as_array().into_iter().flatten() {
-                    if let (Some(name), Ok(method)) = (parameter["name"].as_str(), method.to_uppercase().parse::<Method>()) {
-                        parameters.push((method, segments(&path), name.to_string(), parameter["schema"].clone()));
+                    if let Some(name) = parameter["name"].as_str() {
+                        parameters.push((method.clone(), path_segments.clone(), name.to_string(), parameter["schema"].clone()));
                     }
                 }
                 let body = &operation["requestBody"];
-                let Some(reference) = json_media(&body["content"])["schema"]["$ref"].as_str() else { continue };
-                let schema_name = reference.rsplit('/').next().unwrap_or_default().to_string();
-                closed.push(schema_name.clone());
-                rules.push((method, path.clone(), schema_name, body["required"].as_bool().unwrap_or(false)));
+                if let Some(reference) = json_media(&body["content"])["schema"]["$ref"].as_str() {
+                    let schema_name = reference.rsplit('/').next().unwrap_or_default().to_string();
+                    body_refs.push((method, path_segments.clone(), schema_name, body["required"].as_bool().unwrap_or(false)));
+                }
             }
+            routes.push((path_segments, allowed));
         }
-        for name in &closed {
+
+        for (_, _, name, _) in &body_refs {
             if let Some(schema) = base["components"]["schemas"][name].as_object_mut() {
                 schema.insert("additionalProperties".into(), Value::Bool(false));
             }
         }
         let schemas = json_schema(&base["components"]["schemas"]);
-        let bodies = rules
+        let bodies = body_refs
             .into_iter()
-            .map(|(method, path, schema_name, required)| {
+            .map(|(method, segments, schema_name, required)| {
                 let root = json!({
                     "$ref": format!("#/components/schemas/{schema_name}"),
                     "components": {"schemas": schemas.clone()},
                 });
                 let validator = jsonschema::draft7::new(&root).expect("the generated schemas are valid JSON Schema");
-                BodyRule {
-                    method: method.to_uppercase().parse().expect("an HTTP method"),
-                    segments: segments(&path),
-                    schema_name,
-                    required,
-                    validator,
-                }
+                BodyRule { method, segments, schema_name, required, validator }
             })
             .collect();
         ApiDocument { base, bodies, routes, parameters }
     }
 
-    /// The methods the document has for `path`, for an `Allow` header.
+    /// Lists the methods the document has for `path`, for an `Allow` header.
     pub fn allowed_methods(&self, path: &str) -> Vec<Method> {
         let path: Vec<&str> = path.split('/').collect();
         // As in routing, a literal segment beats a parameter:
@@ -243,7 +272,7 @@ impl ApiDocument {
             .filter(|(template, _)| literals(template) == most_specific)
             .flat_map(|(_, methods)| methods.clone())
             .collect();
-        // The server answers HEAD wherever it answers GET.
+        // poem serves HEAD wherever it serves GET.
         if allowed.contains(&Method::GET) {
             allowed.push(Method::HEAD);
         }
@@ -252,7 +281,7 @@ impl ApiDocument {
         allowed
     }
 
-    /// The document with the agent types and regions of this server filled in.
+    /// Returns the document with the agent types and regions of this server filled in.
     pub fn published(&self, agent_types: &[String], regions: &[String]) -> Value {
         let mut document = self.base.clone();
         let deploy = &mut document["components"]["schemas"]["DeployRequest"]["properties"];
@@ -307,7 +336,7 @@ impl ApiDocument {
         let too_short = |field: &jsonschema::paths::Location| {
             errors.iter().any(|error| error.instance_path() == field && matches!(error.kind(), Kind::MinLength { .. }))
         };
-        // An empty label also fails its pattern; the length says it better.
+        // An empty label also fails its pattern, and the length error is the clearer one.
         let mut problems: Vec<String> = errors
             .iter()
             .filter(|error| !(matches!(error.kind(), Kind::Pattern { .. }) && too_short(error.instance_path())))
@@ -388,7 +417,7 @@ fn merge_annotation_members(value: &mut Value) {
     }
 }
 
-/// The JSON entry of an OpenAPI `content` map, whose key may carry
+/// Returns the JSON entry of an OpenAPI `content` map, whose key may carry
 /// parameters such as `; charset=utf-8`.
 pub fn json_media(content: &Value) -> &Value {
     content

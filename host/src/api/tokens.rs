@@ -71,8 +71,7 @@ pub struct TokenList {
 #[derive(Object)]
 #[oai(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateTokenRequest {
-    /// A label, 1 to 100 characters.
-    #[oai(validator(min_length = 1, max_length = 100))]
+    /// A label, 1 to 100 characters; the document states the length and pattern.
     name: String,
     /// At least one scope.
     #[oai(validator(min_items = 1, max_items = 3))]
@@ -142,7 +141,7 @@ impl TokensApi {
         let caller = self.state.authenticate_any(&credentials, request).await?;
         caller.require_session()?;
         let name = body.name.as_str();
-        ids::check_label(name, 100).map_err(|reason| ApiError::bad_request("invalid_name", format!("invalid token name: {reason}")))?;
+        ids::check_label(name, ids::LABEL_MAX_CHARS).map_err(|reason| ApiError::bad_request("invalid_name", format!("invalid token name: {reason}")))?;
         if let Some(expires_at) = body.expires_at {
             if expires_at.as_ms() <= now_ms() {
                 return Err(ApiError::bad_request(
