@@ -311,8 +311,8 @@ async fn secret_bodies_follow_the_document() {
     let token = server.user_with_token("ops@example.com");
     let agent = server.deploy(&token, "testkit", None).await;
     let path = format!("/api/agents/{}/secrets", agent["id"].as_str().unwrap());
-    // The longest key and value the document allows are stored, counting
-    // characters, not bytes.
+    // The maximum key and value lengths the document allows are stored,
+    // counted in characters, not bytes.
     let key = format!("K{}", "_".repeat(255));
     let (status, body) = server.post(&token, &path, json!({"key": key, "value": "é".repeat(65_536)})).await;
     assert_eq!(status, 201, "{body}");
@@ -349,7 +349,7 @@ fn statements_since(server: &Server, from: usize) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn malformed_path_ids_get_404_without_a_resource_query() {
+async fn malformed_ids_skip_resource_queries() {
     let options = common::Options { log_filter: "info,agentstead=debug,sqlx::query=debug".into(), ..common::Options::default() };
     let server = Server::start_with(options).await;
     let token = server.user_with_token("ops@example.com");

@@ -295,7 +295,7 @@ impl Fixture {
         id
     }
 
-    /// A valid request body for the operation, so that only credentials decide.
+    /// Returns a valid request body for the operation, so that only the credentials decide the status.
     fn body(&mut self, operation_id: &str) -> Option<Value> {
         self.counter += 1;
         let n = self.counter;
@@ -339,7 +339,8 @@ async fn every_operation_checks_every_caller() {
     let in_table: BTreeSet<&str> = ROWS.iter().map(|row| row.operation_id).collect();
     let missing: Vec<_> = in_spec.difference(&in_table).collect();
     let stale: Vec<_> = in_table.difference(&in_spec).collect();
-    assert!(missing.is_empty() && stale.is_empty(), "operations without rows: {missing:?}; rows without operations: {stale:?}");
+    assert!(missing.is_empty(), "operations without rows: {missing:?}");
+    assert!(stale.is_empty(), "rows without operations: {stale:?}");
 
     let mut faults = Vec::new();
     let mut cells = 0;

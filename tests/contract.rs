@@ -75,7 +75,7 @@ fn compare_fields(spec: &Value, schema: &Value, example: &Value, at: &str, fault
     }
 }
 
-/// The schema of the JSON body of `operation`'s success response.
+/// Returns the status and JSON body schema of `operation`'s success response.
 fn success_schema<'a>(operation: &'a Value) -> Option<(&'a str, &'a Value)> {
     let responses = operation["responses"].as_object()?;
     responses
@@ -84,7 +84,7 @@ fn success_schema<'a>(operation: &'a Value) -> Option<(&'a str, &'a Value)> {
         .map(|(code, response)| (code.as_str(), &json_media(&response["content"])["schema"]))
 }
 
-/// The scope phrase of a reference line, without its parenthesis:
+/// Returns the scope phrase of a reference line, without its parenthesis:
 /// `session auth only (cannot create tokens with a token)` → `session auth only`.
 fn scope_phrase(text: &str) -> &str {
     text.split(['(', '.']).next().unwrap().trim()
@@ -177,20 +177,20 @@ async fn openapi_document_matches_the_reference() {
     assert!(faults.is_empty(), "{} differences from the reference:\n{}", faults.len(), faults.join("\n"));
 }
 
-/// A program the contract tests need. Returns `None`, after saying so, when
-/// it is missing and `AGENTSTEAD_REQUIRE_CONTRACT_TOOLS` is not `1`; CI sets
-/// it, so that there a missing tool fails the test.
-fn contract_tool(path: Option<std::path::PathBuf>, what: &str) -> Option<std::path::PathBuf> {
+/// Returns a program the contract tests need, or `None` after printing a
+/// skip message when it is missing. With `AGENTSTEAD_REQUIRE_CONTRACT_TOOLS=1`,
+/// as CI sets it, a missing program fails the test instead.
+fn contract_tool(path: Option<std::path::PathBuf>, description: &str) -> Option<std::path::PathBuf> {
     if let Some(path) = path.filter(|path| path.exists()) {
         return Some(path);
     }
-    let message = format!("{what} is not installed; the README's \"The API contract\" section shows how to install it");
+    let message = format!("{description} is not installed; the README's \"The API contract\" section shows how to install it");
     assert!(std::env::var("AGENTSTEAD_REQUIRE_CONTRACT_TOOLS").as_deref() != Ok("1"), "{message}");
     eprintln!("SKIPPED: {message}");
     None
 }
 
-/// A program of the Python virtual environment in `AGENTSTEAD_CONTRACT_VENV`.
+/// Returns a program of the Python virtual environment in `AGENTSTEAD_CONTRACT_VENV`.
 fn venv_program(name: &str) -> Option<std::path::PathBuf> {
     let venv = std::env::var_os("AGENTSTEAD_CONTRACT_VENV").map(std::path::PathBuf::from);
     contract_tool(venv.map(|venv| venv.join("bin").join(name)), &format!("{name} (in AGENTSTEAD_CONTRACT_VENV)"))
@@ -362,7 +362,7 @@ async fn swagger_ui_authorizes_and_lists_agents_in_chromium() {
 #[tokio::test]
 async fn schemathesis_finds_no_faults() {
     let Some(st) = venv_program("st") else { return };
-    // Every deploy schemathesis makes holds an agent port.
+    // Every deploy that schemathesis makes reserves an agent port.
     let server = Server::start_with(common::Options { ports: 400, ..common::Options::default() }).await;
     let token = server.user_with_token("fuzz@contract.test");
     let work = tempfile::tempdir().unwrap();

@@ -65,7 +65,7 @@ fn field_row(line: &str, names: &[String]) -> Option<FieldRow> {
     Some(FieldRow { name: name.clone(), json_type: json_type.to_string(), rest: after[json_type.len()..].trim().to_string() })
 }
 
-/// Every operation of the reference, in the reference's order.
+/// Parses every operation of the reference, in the reference's order.
 pub fn operations() -> Vec<Operation> {
     let lines: Vec<&str> = TEXT.lines().map(str::trim_end).collect();
     let mut operations: Vec<Operation> = Vec::new();

@@ -21,7 +21,7 @@ impl Timestamp {
         self.0.timestamp_millis()
     }
 
-    /// The Unix epoch: the value of an optional timestamp a request omits.
+    /// Returns the Unix epoch, the value of an optional timestamp a request omits.
     pub fn unset() -> Timestamp {
         Timestamp::from_ms(0)
     }
